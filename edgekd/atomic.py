@@ -1,0 +1,58 @@
+"""Atomic file writes: a reader (or a resumed run after kill -9) sees the old file or the new
+one, never half of one. Write beside the target, fsync, then `os.replace`."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside `path` (same suffix); on success it replaces `path`.
+
+    The suffix is kept because some writers (Keras' `.keras`, `.weights.h5`) insist on it.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=path.suffix or ".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Atomically write a text file."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: str | os.PathLike[str], obj: Any) -> None:
+    """Atomically write JSON (indented, keys in insertion order)."""
+    write_text(path, json.dumps(obj, indent=2, default=_jsonable) + "\n")
+
+
+def write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Atomically write a binary file."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def _jsonable(obj: Any) -> Any:
+    """numpy scalars and arrays as plain JSON types."""
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")

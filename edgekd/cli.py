@@ -1,0 +1,85 @@
+"""The `edgekd` command: a thin shim that parses, loads the recipe and calls the Python API."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import click
+
+from edgekd.errors import EdgekdError
+
+# TensorFlow's C++ start-up chatter hides the messages users need; keep warnings and errors.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+class _Group(click.Group):
+    """Maps user errors to one line on stderr and exit code 2; Ctrl-C to 130."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except EdgekdError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("\ninterrupted: run the same command again to resume.", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=_Group)
+@click.version_option(package_name="edgekd")
+def main() -> None:
+    """Generalist + specialists -> gated ensemble -> distilled student -> edge."""
+
+
+@main.command()
+@click.argument("recipe")
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
+              help="Override a recipe key, e.g. --set generalist.epochs=3 (repeatable).")
+@click.option("--run-dir", type=click.Path(file_okay=False), default=None,
+              help="Run directory. Defaults to runs/<recipe name>.")
+@click.option("--quiet", is_flag=True, help="No per-batch progress bar (one line per epoch).")
+def train(recipe: str, overrides: tuple[str, ...], run_dir: str | None, quiet: bool) -> None:
+    """Train the stages RECIPE asks for (a YAML file or a built-in name, e.g. smoke)."""
+    from edgekd.recipe import load_recipe
+
+    resolved = load_recipe(recipe, overrides)
+    from edgekd.pipeline import train as run_train
+
+    run = run_train(resolved, run_dir, verbose=2 if quiet else "auto")
+    click.echo(f"run directory: {run.path}   (next: edgekd eval {run.path})")
+
+
+@main.command(name="eval")
+@click.argument("run", type=click.Path())
+@click.option("--data", "data_spec", default=None, metavar="SPEC",
+              help="Evaluate on folder:PATH / cifar:PATH / tfds:NAME instead of the validation split.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+def evaluate(run: str, data_spec: str | None, as_json: bool) -> None:
+    """Overall and per-class accuracy of every model in RUN."""
+    from edgekd.evaluate import evaluate_run, overall_table, per_class_table
+
+    results, described = evaluate_run(run, data_spec)
+    if as_json:
+        payload = {"data": described, "models": {k: v.to_dict() for k, v in results.items()}}
+        click.echo(json.dumps(payload, indent=2))
+        return
+    click.echo(f"Data: {described}\n")
+    click.echo(per_class_table(results, baseline="generalist"))
+    click.echo("")
+    click.echo(overall_table(results))
+
+
+@main.command(name="recipes")
+def list_recipes() -> None:
+    """List the built-in recipes."""
+    from edgekd.recipe import builtin_recipes
+
+    for name, path in builtin_recipes().items():
+        click.echo(f"{name:20s} {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,21 @@
+"""User-facing errors: each names its culprit and maps to exit code 2 in the CLI."""
+
+from __future__ import annotations
+
+
+class EdgekdError(Exception):
+    """Base class for errors caused by user input (recipe, data, run directory)."""
+
+    exit_code = 2
+
+
+class RecipeError(EdgekdError):
+    """A recipe key is unknown, mistyped, out of range or inconsistent."""
+
+
+class DataError(EdgekdError):
+    """A data source is missing, unreadable or malformed; the message names the file."""
+
+
+class RunDirError(EdgekdError):
+    """A run directory is missing, incomplete or belongs to another recipe."""

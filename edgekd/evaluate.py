@@ -1,0 +1,129 @@
+"""Accuracy, confusion and the per-class tables the seed reports."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
+    """Counts C[i, j] of images of true class i predicted as j."""
+    cm = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(cm, (np.asarray(labels, np.int64), np.asarray(preds, np.int64)), 1)
+    return cm
+
+
+@dataclass
+class Evaluation:
+    """Top-1 accuracy overall and per class, from a confusion matrix."""
+
+    confusion: np.ndarray
+    class_names: list[str]
+
+    @classmethod
+    def from_probs(cls, probs: np.ndarray, labels: np.ndarray, class_names: Sequence[str]):
+        preds = np.argmax(probs, axis=1)
+        return cls(confusion_matrix(labels, preds, len(class_names)), list(class_names))
+
+    @property
+    def count(self) -> int:
+        return int(self.confusion.sum())
+
+    @property
+    def accuracy(self) -> float:
+        return float(np.trace(self.confusion) / max(self.count, 1))
+
+    @property
+    def per_class(self) -> dict[str, float]:
+        support = self.confusion.sum(axis=1)
+        hits = np.diag(self.confusion)
+        return {
+            name: float(hits[i] / support[i]) if support[i] else float("nan")
+            for i, name in enumerate(self.class_names)
+        }
+
+    def to_dict(self) -> dict:
+        return {
+            "accuracy": self.accuracy,
+            "count": self.count,
+            "per_class": self.per_class,
+            "confusion": self.confusion.tolist(),
+            "class_names": self.class_names,
+        }
+
+
+def _pct(x: float) -> str:
+    return "   -" if x != x else f"{100 * x:.2f}"  # x != x: NaN, a class with no images
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A Markdown table with columns padded to line up on a terminal."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                                 for i, (c, w) in enumerate(zip(cells, widths))) + " |"
+
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(headers), sep, *(line(r) for r in rows)])
+
+
+def per_class_table(results: Mapping[str, Evaluation], baseline: str | None = None) -> str:
+    """The seed's per-class table: one column per model (%), plus deltas against `baseline`."""
+    names = list(results)
+    classes = next(iter(results.values())).class_names
+    others = [n for n in names if n != baseline] if baseline in results else []
+    headers = ["class", *(f"{n} (%)" for n in names), *(f"Δ {n} (%)" for n in others)]
+    rows = []
+    for c in classes:
+        vals = [results[n].per_class[c] for n in names]
+        deltas = [results[n].per_class[c] - results[baseline].per_class[c] for n in others]
+        rows.append([c, *(_pct(v) for v in vals), *(f"{100 * d:+.2f}" for d in deltas)])
+    return format_table(headers, rows)
+
+
+def overall_table(results: Mapping[str, Evaluation], params: Mapping[str, str] | None = None) -> str:
+    """The seed's overall table: model, accuracy (%), images evaluated."""
+    rows = [[n, _pct(e.accuracy), str(e.count), *([params.get(n, "")] if params else [])]
+            for n, e in results.items()]
+    headers = ["model", "accuracy (%)", "images", *(["description"] if params else [])]
+    return format_table(headers, rows)
+
+
+def evaluate_run(run_path: str, data_spec: str | None = None) -> tuple[dict[str, Evaluation], str]:
+    """Evaluate every model a run has on its validation split (or on `data_spec`).
+
+    Returns the evaluations by stage name and a description of the data used.
+    """
+    import keras
+
+    import edgekd.losses  # noqa: F401  (registers serialisable objects used in saved models)
+    import edgekd.schedules  # noqa: F401
+    from edgekd.dataset import load_eval_data, prepare_data
+    from edgekd.recipe import build_recipe
+    from edgekd.run import RunDir
+    from edgekd.trainer import predict_probs
+
+    run = RunDir.open_existing(run_path)
+    recipe = build_recipe(run.manifest["recipe"], source=str(run.path / "recipe.yaml"))
+    class_names = list(run.manifest["data"]["classes"])
+    if data_spec is None:
+        images = prepare_data(recipe, progress=True).val
+        described = f"validation split of {run.manifest['data']['source']}"
+    else:
+        images = load_eval_data(recipe, data_spec, class_names)
+        described = data_spec
+    results: dict[str, Evaluation] = {}
+    for stage, rec in run.manifest.get("stages", {}).items():
+        if rec.get("status") != "done" or "model" not in rec.get("artifacts", {}):
+            continue
+        model = keras.models.load_model(run.artifact(stage, "model"), compile=False)
+        probs = predict_probs(model, images.images)
+        results[stage] = Evaluation.from_probs(probs, images.labels, class_names)
+    if not results:
+        from edgekd.errors import RunDirError
+
+        raise RunDirError(f"{run.path}: no finished stage has a model yet")
+    return results, f"{described} ({len(images)} images)"

@@ -1,0 +1,79 @@
+"""`edgekd train` as a Python API: run the recipe's stages in order inside one run directory.
+
+Finished stages whose inputs are unchanged are skipped; an interrupted stage resumes from
+its last checkpoint; a stage whose inputs changed (hashes chain downstream) starts afresh.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from edgekd import accelerator
+from edgekd.dataset import prepare_data
+from edgekd.recipe import Recipe
+from edgekd.run import RunDir, now
+from edgekd.stages import STAGES, StageContext
+
+
+def default_run_dir(recipe: Recipe) -> Path:
+    return Path("runs") / recipe.name
+
+
+def train(
+    recipe: Recipe,
+    run_dir: str | Path | None = None,
+    *,
+    verbose: str | int = "auto",
+    log: Callable[[str], None] = print,
+) -> RunDir:
+    """Run every stage the recipe asks for; returns the run directory."""
+    # Everything that can fail on bad input happens before the first write.
+    data = prepare_data(recipe, progress=True)
+    accel = accelerator.resolve(recipe.train.precision, recipe.train.jit_compile)
+    run = RunDir(run_dir or default_run_dir(recipe))
+    log(
+        f"edgekd: run {run.path} | data {data.source} ({len(data.train)} train / "
+        f"{len(data.val)} val, {len(data.class_names)} classes) | {accel.describe()}"
+    )
+    run.begin(recipe.to_dict(), recipe.source, data.summary())
+    ctx = StageContext(recipe=recipe, data=data, accel=accel, run=run, verbose=verbose, log=log)
+
+    hashes: dict[str, str] = {}
+    for stage in STAGES:
+        stage_hash = stage.input_hash(recipe, data.fingerprint, hashes)
+        hashes[stage.name] = stage_hash
+        if stage.name not in recipe.train.stages:
+            continue
+        rec = run.stage(stage.name)
+        if rec.status == "done" and rec.hash == stage_hash:
+            log(f"[{stage.name}] up to date, skipped (delete {run.stage_dir(stage.name)} to redo)")
+            continue
+        if rec.status == "running" and rec.hash == stage_hash:
+            log(f"[{stage.name}] resuming")
+        else:
+            if rec.status != "pending":
+                log(f"[{stage.name}] inputs changed since the last run: starting afresh")
+            rec = run.reset_stage(stage.name, stage_hash)
+            log(f"[{stage.name}] starting")
+        t0 = time.perf_counter()
+        try:
+            outcome = stage.run(ctx)
+        finally:
+            rec.wall_s = round((rec.wall_s or 0.0) + time.perf_counter() - t0, 1)
+            run.set_stage(stage.name, rec)
+        rec.status, rec.finished = "done", now()
+        rec.metrics, rec.artifacts = outcome.metrics, outcome.artifacts
+        run.set_stage(stage.name, rec)
+        log(f"[{stage.name}] done in {rec.wall_s:.0f} s: " + _headline(outcome.metrics))
+    return run
+
+
+def _headline(metrics: dict) -> str:
+    parts = []
+    if "val_accuracy" in metrics:
+        parts.append(f"val accuracy {100 * metrics['val_accuracy']:.2f}%")
+    if metrics.get("images_per_s"):
+        parts.append(f"{metrics['images_per_s']:.0f} img/s")
+    return ", ".join(parts)

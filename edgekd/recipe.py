@@ -1,0 +1,421 @@
+"""The recipe: one YAML file describes one experiment.
+
+This module is the single source of truth for options: every key, its type, default, range
+and cross-checks live in the schema below. YAML becomes a typed, frozen `Recipe` at the door;
+errors name the YAML path of the culprit and its line (or the `--set` that introduced it).
+Precedence: schema defaults < recipe file < `--set key.path=value` overrides.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+
+from edgekd.errors import RecipeError
+
+STAGES: tuple[str, ...] = ("generalist", "groups", "specialists", "ensemble", "student")
+IMPLEMENTED_STAGES: tuple[str, ...] = ("generalist",)
+
+
+class FieldError(ValueError):
+    """A cross-check failure pinned to a key below the section that raised it."""
+
+    def __init__(self, subpath: tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.subpath = subpath
+
+
+def _unknown(kind: str, value: str, known: Sequence[str]) -> str:
+    hint = difflib.get_close_matches(value, list(known), n=1)
+    tip = f"; did you mean {hint[0]!r}?" if hint else "."
+    return f"unknown {kind} {value!r}{tip} Known: {', '.join(known)}"
+
+
+class _Section(BaseModel):
+    """Base of every recipe section: unknown keys are errors and values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class AugmentConfig(_Section):
+    """Training-time augmentation, applied on the fly to in-memory uint8 images."""
+
+    crop_padding: int = Field(4, ge=0, le=64, description="pad-and-random-crop margin in pixels")
+    padding_mode: Literal["reflect", "constant"] = "reflect"
+    flip: bool = Field(True, description="random horizontal flip")
+    cutout: int = Field(0, ge=0, le=64, description="side of a random zeroed square; 0 = off")
+
+
+class DataConfig(_Section):
+    """Where images come from and how validation is split off the training data."""
+
+    path: str = Field(
+        ..., min_length=1, description="folder:PATH | cifar:PATH | tfds:NAME | PATH (autodetect)"
+    )
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="seeded, stratified split")
+    limit_per_class: int | None = Field(None, ge=1, description="cap per class for quick runs")
+    classes: tuple[str, ...] | None = Field(None, description="subset and order of classes")
+    image_size: int | None = Field(None, ge=8, le=1024, description="resize to this square size")
+    tfds_dir: str | None = Field(None, description="TFDS data_dir holding prepared datasets")
+    cache_dir: str | None = Field(None, description="decoded-image cache; $EDGEKD_CACHE default")
+    augment: AugmentConfig = AugmentConfig()
+
+    @model_validator(mode="after")
+    def _unique_classes(self) -> DataConfig:
+        if self.classes is not None:
+            seen: set[str] = set()
+            for i, name in enumerate(self.classes):
+                if name in seen:
+                    raise FieldError(("classes", i), f"class {name!r} is listed twice")
+                seen.add(name)
+        return self
+
+
+class OptimizerConfig(_Section):
+    """SGD with momentum; weight decay skips BatchNorm parameters and biases."""
+
+    name: Literal["sgd"] = "sgd"
+    lr: float = Field(0.1, gt=0.0, le=10.0, description="peak learning rate for batch_size")
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    nesterov: bool = True
+    weight_decay: float = Field(5e-4, ge=0.0, lt=1.0, description="decoupled, scaled by lr")
+
+
+class ScheduleConfig(_Section):
+    """Learning-rate schedule over the whole run, stepped per batch."""
+
+    name: Literal["cosine", "onecycle", "constant"] = "cosine"
+    warmup_epochs: float = Field(1.0, ge=0.0, description="linear warm-up from 0 (cosine)")
+    final_lr_fraction: float = Field(0.0, ge=0.0, le=1.0, description="end lr / peak lr")
+    peak_at: float = Field(0.25, gt=0.0, lt=1.0, description="onecycle: share of run at peak")
+
+
+class ModelTrainConfig(_Section):
+    """One model and how to train it: architecture, width and schedule."""
+
+    arch: str = Field("resnet18", description="registered architecture name")
+    width: int = Field(64, ge=1, le=1024, description="channels of the first stage")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    bn_momentum: float = Field(0.9, gt=0.0, lt=1.0)
+    epochs: int = Field(30, ge=1, le=10_000)
+    batch_size: int = Field(128, ge=1, le=65_536)
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    optimizer: OptimizerConfig = OptimizerConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+
+    @model_validator(mode="after")
+    def _warmup_fits(self) -> ModelTrainConfig:
+        if self.schedule.warmup_epochs >= self.epochs and self.schedule.name == "cosine":
+            raise FieldError(
+                ("schedule", "warmup_epochs"),
+                f"warm-up ({self.schedule.warmup_epochs} epochs) must be shorter than "
+                f"epochs ({self.epochs})",
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _known_arch(self) -> ModelTrainConfig:
+        from edgekd.models import architecture_names
+
+        names = architecture_names()
+        if self.arch not in names:
+            raise FieldError(("arch",), _unknown("architecture", self.arch, names))
+        return self
+
+
+class TrainConfig(_Section):
+    """How `edgekd train` runs: which stages, on what hardware settings."""
+
+    stages: tuple[str, ...] = Field(IMPLEMENTED_STAGES, min_length=1)
+    strategy: Literal["default", "mirrored"] = Field(
+        "default", description="tf.distribute strategy (mirrored: all local GPUs; TF backend)"
+    )
+    precision: Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"] = Field(
+        "auto", description="auto: mixed_float16 on a GPU, float32 on a CPU"
+    )
+    jit_compile: Literal["auto"] | bool = Field(
+        "auto", description="auto: XLA on GPU/JAX, off on a TF CPU (2.5x slower there)"
+    )
+    tensorboard: bool = True
+
+    @model_validator(mode="after")
+    def _known_stages(self) -> TrainConfig:
+        for i, stage in enumerate(self.stages):
+            if stage not in STAGES:
+                raise FieldError(("stages", i), _unknown("stage", stage, STAGES))
+            if stage not in IMPLEMENTED_STAGES:
+                raise FieldError(
+                    ("stages", i),
+                    f"stage {stage!r} is not available in this version "
+                    f"(available: {', '.join(IMPLEMENTED_STAGES)})",
+                )
+        order = [STAGES.index(s) for s in self.stages]
+        if order != sorted(set(order)):
+            raise FieldError(("stages",), f"stages must be distinct and in the order {list(STAGES)}")
+        return self
+
+
+# Keys that say where things are or which stages to run, not what a stage computes: changing
+# them reruns nothing (the data fingerprint, not the path, goes into stage hashes).
+_NOT_HASHED = {"data": ("path", "cache_dir", "tfds_dir"), "train": ("stages", "tensorboard")}
+
+
+class Recipe(_Section):
+    """A whole experiment. Build one with `load_recipe`; `to_dict()` round-trips."""
+
+    name: str = Field("recipe", min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    seed: int = Field(0, ge=0, lt=2**31)
+    data: DataConfig
+    generalist: ModelTrainConfig = ModelTrainConfig()
+    train: TrainConfig = TrainConfig()
+
+    _origins: dict[str, str] = PrivateAttr(default_factory=dict)
+    _source: str | None = PrivateAttr(default=None)
+
+    @property
+    def source(self) -> str | None:
+        """The recipe file this came from, if any."""
+        return self._source
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved recipe as plain JSON types; `Recipe(**to_dict())` gives it back."""
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        """The resolved recipe as YAML, keys in schema order."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def where(self, path: str) -> str:
+        """Where a dotted key was set: 'file.yaml:12', '--set', or 'default'."""
+        key = path
+        while key:
+            if key in self._origins:
+                return self._origins[key]
+            key = _parent(key)
+        return self._origins.get("", self._source or "default")
+
+    def error(self, path: str, message: str) -> RecipeError:
+        """A RecipeError for `path`, for checks that need more than the schema (e.g. disk).
+
+        A `path` starting with `--` names a command-line option rather than a recipe key.
+        """
+        if path.startswith("--"):
+            return RecipeError(f"{path}: {message}")
+        return RecipeError(f"{self.where(path)}: {path}: {message}")
+
+    def digest(self, *sections: str, extra: Mapping[str, Any] | None = None) -> str:
+        """A stable hash of some top-level sections (plus extra inputs), for stage invalidation."""
+        d = self.to_dict()
+        for section, keys in _NOT_HASHED.items():
+            for key in keys:
+                d[section].pop(key, None)
+        payload = {s: d[s] for s in sections}
+        if extra:
+            payload["extra"] = dict(extra)
+        blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------
+# Loading: YAML -> nested dict with origins -> overrides -> validated Recipe.
+
+
+def builtin_recipes() -> dict[str, Path]:
+    """Built-in recipes installed as package data, by name (file stem)."""
+    out: dict[str, Path] = {}
+    root = resources.files("edgekd.recipes")
+    for entry in root.iterdir():
+        if entry.name.endswith(".yaml"):
+            out[entry.name[: -len(".yaml")]] = Path(str(entry))
+    return dict(sorted(out.items()))
+
+
+def resolve_recipe_path(name_or_path: str | os.PathLike[str]) -> Path:
+    """A file path as given, else a built-in recipe by name ('smoke', 'cifar10-cpu')."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    builtins = builtin_recipes()
+    stem = path.name[: -len(".yaml")] if path.name.endswith(".yaml") else path.name
+    if str(name_or_path) in builtins or (stem in builtins and not path.parent.parts):
+        return builtins[stem]
+    raise RecipeError(
+        f"recipe {str(name_or_path)!r}: no such file, and "
+        + _unknown("built-in recipe", stem, list(builtins))
+    )
+
+
+def _parent(path: str) -> str:
+    """'a.b[2]' -> 'a.b' -> 'a' -> ''."""
+    if path.endswith("]"):
+        return path[: path.rindex("[")]
+    return path.rsplit(".", 1)[0] if "." in path else ""
+
+
+def _format_path(loc: Sequence[str | int]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _walk_node(node: yaml.Node, loc: tuple[str | int, ...], file: str, origins: dict[str, str]):
+    """Record 'file:line' for every key path and reject duplicate keys (YAML keeps the last)."""
+    origins[_format_path(loc)] = f"{file}:{node.start_mark.line + 1}"
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value
+            if key in seen:
+                raise RecipeError(
+                    f"{file}:{key_node.start_mark.line + 1}: {_format_path((*loc, key))}: "
+                    f"duplicate key (first set on line {seen[key]})"
+                )
+            seen[key] = key_node.start_mark.line + 1
+            origins[_format_path((*loc, key))] = f"{file}:{key_node.start_mark.line + 1}"
+            _walk_node(value_node, (*loc, key), file, origins)
+            origins[_format_path((*loc, key))] = f"{file}:{key_node.start_mark.line + 1}"
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _walk_node(item, (*loc, i), file, origins)
+
+
+def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    file = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RecipeError(f"recipe {file}: cannot read: {exc.strerror or exc}") from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{file}:{mark.line + 1}" if mark else file
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise RecipeError(f"{where}: not valid YAML: {problem}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RecipeError(f"{file}:1: a recipe must be a mapping of sections, got {type(data).__name__}")
+    origins: dict[str, str] = {}
+    if node is not None:
+        _walk_node(node, (), file, origins)
+    return data, origins
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Split 'a.b.c=value' into the dotted key and a YAML-typed value."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise RecipeError(f"--set {text!r}: expected KEY.PATH=VALUE, e.g. generalist.epochs=3")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def apply_overrides(
+    data: dict[str, Any], overrides: Iterable[str], origins: dict[str, str]
+) -> dict[str, Any]:
+    """Return a copy of `data` with each `--set key.path=value` applied; records origins."""
+    data = copy.deepcopy(data)
+    for text in overrides:
+        key, value = parse_override(text)
+        parts = key.split(".")
+        node = data
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                raise RecipeError(
+                    f"--set {text!r}: {'.'.join(parts[: i + 1])} is a value, not a section"
+                )
+            node = child
+        node[parts[-1]] = value
+        origins[key] = f"--set {text}"
+    return data
+
+
+def _fields_at(loc: Sequence[str | int]) -> list[str]:
+    """Field names of the schema section at `loc`, for 'did you mean' suggestions."""
+    model: Any = Recipe
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if hasattr(model, "model_fields") else None
+        if field is None:
+            return []
+        model = field.annotation
+    return list(model.model_fields) if hasattr(model, "model_fields") else []
+
+
+def _describe(err: Mapping[str, Any], origins: dict[str, str], default_where: str) -> str:
+    loc = tuple(err["loc"])
+    cause = err.get("ctx", {}).get("error")
+    if isinstance(cause, FieldError):
+        loc = (*loc, *cause.subpath)
+    path = _format_path(loc)
+    where = origins.get(path)
+    probe = loc
+    while where is None and probe:
+        probe = probe[:-1]
+        where = origins.get(_format_path(probe))
+    where = where or default_where
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        section = _format_path(loc[:-1]) or "the recipe"
+        msg = _unknown(f"key in {section}:", str(loc[-1]), _fields_at(loc[:-1]))
+    elif kind == "missing":
+        msg = "required key is missing"
+    elif kind == "value_error":
+        msg = str(cause) if cause is not None else err["msg"]
+    else:
+        msg = f"{err['msg']}, got {err.get('input')!r}"
+    return f"{where}: {path or '(recipe)'}: {msg}"
+
+
+def build_recipe(
+    data: Mapping[str, Any],
+    *,
+    origins: dict[str, str] | None = None,
+    source: str | None = None,
+    default_name: str | None = None,
+) -> Recipe:
+    """Validate a nested dict into a Recipe; errors become one RecipeError naming each culprit."""
+    origins = dict(origins or {})
+    data = dict(data)
+    if default_name and "name" not in data:
+        data["name"] = default_name
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as exc:
+        lines = [_describe(e, origins, source or "recipe") for e in exc.errors()]
+        raise RecipeError("\n".join(lines)) from None
+    recipe._origins = origins
+    recipe._source = source
+    return recipe
+
+
+def load_recipe(name_or_path: str | os.PathLike[str], overrides: Iterable[str] = ()) -> Recipe:
+    """Read a recipe file (or a built-in by name), apply `--set` overrides and validate it."""
+    path = resolve_recipe_path(name_or_path)
+    data, origins = _read_yaml(path)
+    data = apply_overrides(data, overrides, origins)
+    return build_recipe(data, origins=origins, source=str(path), default_name=path.stem)

@@ -1,0 +1,51 @@
+"""What a stage is: a name, the stages and recipe sections it reads, and a `run`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from edgekd.accelerator import Accelerator
+from edgekd.dataset import PreparedData
+from edgekd.recipe import Recipe
+from edgekd.run import RunDir
+
+
+@dataclass
+class StageContext:
+    """Everything a stage may use: recipe, data, hardware, the run directory."""
+
+    recipe: Recipe
+    data: PreparedData
+    accel: Accelerator
+    run: RunDir
+    verbose: str | int = "auto"
+    log: Callable[[str], None] = print
+
+
+@dataclass
+class StageOutcome:
+    """What a finished stage records in the manifest (artifact paths relative to the run)."""
+
+    metrics: dict[str, Any] = field(default_factory=dict)
+    artifacts: dict[str, str] = field(default_factory=dict)
+
+
+class Stage:
+    """Base class. `sections` are the recipe sections whose change reruns the stage;
+    `reads` are upstream stages whose hashes chain into this one."""
+
+    name: ClassVar[str]
+    sections: ClassVar[tuple[str, ...]]
+    reads: ClassVar[tuple[str, ...]] = ()
+
+    def input_hash(self, recipe: Recipe, data_fingerprint: str, upstream: dict[str, str]) -> str:
+        """Hash of everything that determines this stage's result."""
+        return recipe.digest(
+            *self.sections,
+            extra={"data": data_fingerprint, **{s: upstream.get(s, "") for s in self.reads}},
+        )
+
+    def run(self, ctx: StageContext) -> StageOutcome:
+        raise NotImplementedError

@@ -1,0 +1,190 @@
+"""Supervised training of one classifier, resumable at epoch boundaries.
+
+Every epoch ends with an atomic checkpoint (weights + optimizer state) and a state file
+pointing at it. A run killed at any moment — Ctrl-C or kill -9, mid-epoch or mid-write —
+restarts from the last finished epoch: the model is rebuilt, compiled the same way, its
+weights and optimizer slots loaded, and `fit` continues at `initial_epoch` with the same
+per-epoch shuffling and augmentation as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from edgekd import atomic
+from edgekd.accelerator import Accelerator, distribution_scope, precision_policy
+from edgekd.data import Augment, ImageBatches, ImageSet
+from edgekd.losses import SparseCrossentropy
+from edgekd.recipe import ModelTrainConfig
+from edgekd.schedules import build_schedule
+
+STATE = "state.json"
+NO_DECAY = ["gamma", "beta", "bias"]
+
+
+@dataclass
+class TrainResult:
+    """A trained model and its per-epoch history (all epochs, across resumes)."""
+
+    model: keras.Model
+    history: list[dict[str, float]]
+    resumed_from: int
+
+
+def load_state(ckpt_dir: Path) -> dict[str, Any] | None:
+    """The last finished epoch's state, or None if there is none (or it is unreadable)."""
+    try:
+        state = json.loads((ckpt_dir / STATE).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    if not (ckpt_dir / state.get("checkpoint", "")).is_file():
+        return None
+    return state
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """Saves weights + optimizer state after every epoch and records per-epoch metrics."""
+
+    def __init__(self, directory: Path, history: list[dict[str, float]], images_per_epoch: int):
+        super().__init__()
+        self.directory = directory
+        self.history = history
+        self.images_per_epoch = images_per_epoch
+        self._t0 = 0.0
+        self._train_s = 0.0
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._t0 = time.perf_counter()
+        self._train_s = 0.0
+
+    def on_test_begin(self, logs: dict | None = None) -> None:
+        # Validation inside fit: the training part of the epoch ends here.
+        if self._t0 and not self._train_s:
+            self._train_s = time.perf_counter() - self._t0
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        train_s = self._train_s or (time.perf_counter() - self._t0)
+        row = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}}
+        row["train_s"] = round(train_s, 2)
+        row["images_per_s"] = round(self.images_per_epoch / max(train_s, 1e-9), 1)
+        self.history.append(row)
+        name = f"epoch-{epoch + 1:04d}.keras"
+        with atomic.atomic_path(self.directory / name) as tmp:
+            self.model.save(tmp)
+        atomic.write_json(
+            self.directory / STATE, {"epoch": epoch + 1, "checkpoint": name, "history": self.history}
+        )
+        for old in self.directory.glob("epoch-*.keras"):
+            if old.name != name:
+                old.unlink(missing_ok=True)
+
+
+def compile_classifier(
+    model: keras.Model, cfg: ModelTrainConfig, steps_per_epoch: int, jit_compile: bool
+) -> None:
+    """SGD + schedule + (smoothed) cross-entropy, as the recipe's model section says."""
+    opt = cfg.optimizer
+    schedule = build_schedule(
+        cfg.schedule.name,
+        peak_lr=opt.lr,
+        steps_per_epoch=steps_per_epoch,
+        epochs=cfg.epochs,
+        warmup_epochs=cfg.schedule.warmup_epochs,
+        final_lr_fraction=cfg.schedule.final_lr_fraction,
+        peak_at=cfg.schedule.peak_at,
+    )
+    optimizer = keras.optimizers.SGD(
+        learning_rate=schedule,
+        momentum=opt.momentum,
+        nesterov=opt.nesterov,
+        weight_decay=opt.weight_decay or None,
+    )
+    if opt.weight_decay:
+        optimizer.exclude_from_weight_decay(var_names=NO_DECAY)
+    model.compile(
+        optimizer=optimizer,
+        loss=SparseCrossentropy(label_smoothing=cfg.label_smoothing),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        jit_compile=jit_compile,
+    )
+
+
+def train_classifier(
+    build: Callable[[], keras.Model],
+    cfg: ModelTrainConfig,
+    train: ImageSet,
+    val: ImageSet | None,
+    workdir: Path,
+    *,
+    seed: int,
+    augment: Augment | None,
+    accel: Accelerator,
+    strategy: str = "default",
+    tensorboard: bool = True,
+    verbose: str | int = "auto",
+    log: Callable[[str], None] = print,
+) -> TrainResult:
+    """Train (or resume training) the model `build()` makes; checkpoints live in `workdir`."""
+    ckpt_dir = workdir / "checkpoint"
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    train_batches = ImageBatches(
+        train.images,
+        train.labels,
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        augment=augment,
+        seed=seed,
+        drop_remainder=True,
+    )
+    steps = len(train_batches)
+    val_batches = None
+    if val is not None and len(val):
+        val_batches = ImageBatches(val.images, val.labels, batch_size=max(cfg.batch_size, 256))
+
+    state = load_state(ckpt_dir)
+    with precision_policy(accel.precision), distribution_scope(strategy):
+        keras.utils.set_random_seed(seed)
+        model = build()
+        compile_classifier(model, cfg, steps, accel.jit_compile)
+        if state is not None:
+            model.optimizer.build(model.trainable_variables)
+            model.load_weights(ckpt_dir / state["checkpoint"])
+            log(f"resuming from epoch {state['epoch']}/{cfg.epochs} ({ckpt_dir / state['checkpoint']})")
+    initial_epoch = state["epoch"] if state else 0
+    history: list[dict[str, float]] = list(state["history"]) if state else []
+    train_batches.epoch = initial_epoch
+
+    callbacks: list[keras.callbacks.Callback] = [
+        EpochCheckpoint(ckpt_dir, history, steps * cfg.batch_size)
+    ]
+    if tensorboard and keras.backend.backend() == "tensorflow":
+        callbacks.append(keras.callbacks.TensorBoard(str(workdir / "tensorboard")))
+    if initial_epoch < cfg.epochs:
+        model.fit(
+            train_batches,
+            validation_data=val_batches,
+            epochs=cfg.epochs,
+            initial_epoch=initial_epoch,
+            callbacks=callbacks,
+            verbose=verbose,
+        )
+    return TrainResult(model=model, history=history, resumed_from=initial_epoch)
+
+
+def predict_probs(model: keras.Model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Softmax probabilities (float32) for uint8 images, batched, on any backend."""
+    if len(images) == 0:
+        return np.zeros((0, model.output_shape[-1]), np.float32)
+    logits = model.predict(ImageBatches(images, batch_size=batch_size), verbose=0)
+    logits = np.asarray(logits, np.float64)
+    logits -= logits.max(axis=1, keepdims=True)
+    probs = np.exp(logits)
+    return (probs / probs.sum(axis=1, keepdims=True)).astype(np.float32)

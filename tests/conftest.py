@@ -1,0 +1,46 @@
+"""Shared fixtures: where the real CIFAR-10 sample lives, a private decode cache, helpers
+to run the `edgekd` command in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CIFAR_JPEG = Path(
+    os.environ.get("EDGEKD_CIFAR_JPEG", REPO.parent / "shared" / "data" / "cifar10-jpeg" / "train")
+)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
+    """Keep tests' decoded-image caches out of the user's ~/.cache, shared within a session."""
+    cache = tmp_path_factory.mktemp("edgekd-cache")
+    old = os.environ.get("EDGEKD_CACHE")
+    os.environ["EDGEKD_CACHE"] = str(cache)
+    yield cache
+    if old is None:
+        os.environ.pop("EDGEKD_CACHE", None)
+    else:
+        os.environ["EDGEKD_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def cifar_jpeg() -> Path:
+    if not CIFAR_JPEG.is_dir():
+        pytest.skip(f"real CIFAR-10 JPEGs not found at {CIFAR_JPEG} (set EDGEKD_CIFAR_JPEG)")
+    return CIFAR_JPEG
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
+            timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run `python -m edgekd ARGS` and capture its output."""
+    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "edgekd", *args],
+        cwd=cwd or REPO, env=full_env, capture_output=True, text=True, timeout=timeout,
+    )

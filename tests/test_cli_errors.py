@@ -1,0 +1,106 @@
+"""Bad recipes and bad data: exit code 2, one message naming the culprit, nothing written."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli
+from tests.synthetic import make_folder
+
+
+def recipe(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "bad.yaml"
+    path.write_text(textwrap.dedent(body).lstrip())
+    return path
+
+
+def assert_user_error(proc, *needles: str) -> None:
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr
+    err = proc.stderr.strip()
+    assert err.startswith("error: "), err
+    for needle in needles:
+        assert needle in err, err
+
+
+@pytest.fixture
+def run_dir(tmp_path) -> Path:
+    return tmp_path / "run"
+
+
+def train(tmp_path, run_dir, body: str, *extra: str):
+    return run_cli("train", str(recipe(tmp_path, body)), "--run-dir", str(run_dir), *extra)
+
+
+def test_unknown_key_with_did_you_mean(tmp_path, run_dir):
+    proc = train(tmp_path, run_dir, """
+        data:
+          path: folder:/nowhere
+        generalist:
+          epoch: 3
+    """)
+    assert_user_error(proc, "bad.yaml:4: generalist.epoch", "did you mean 'epochs'")
+    assert not run_dir.exists()
+
+
+def test_wrong_type(tmp_path, run_dir):
+    proc = train(tmp_path, run_dir, """
+        data:
+          path: folder:/nowhere
+          val_fraction: lots
+    """)
+    assert_user_error(proc, "bad.yaml:3: data.val_fraction", "'lots'")
+    assert not run_dir.exists()
+
+
+def test_out_of_range_from_set(tmp_path, run_dir):
+    proc = train(tmp_path, run_dir, "data: {path: folder:/nowhere}\n",
+                 "--set", "data.val_fraction=1.5")
+    assert_user_error(proc, "--set data.val_fraction=1.5: data.val_fraction", "less than 1")
+    assert not run_dir.exists()
+
+
+def test_missing_data_folder(tmp_path, run_dir):
+    proc = train(tmp_path, run_dir, """
+        seed: 1
+        data:
+          path: folder:/no/such/folder
+    """)
+    assert_user_error(proc, "bad.yaml:3: data.path", "/no/such/folder", "does not exist")
+    assert not run_dir.exists()
+
+
+def test_unknown_class_name(tmp_path, run_dir):
+    data = make_folder(tmp_path / "data", classes=3, per_class=4)
+    proc = train(tmp_path, run_dir, f"""
+        data:
+          path: folder:{data}
+          classes:
+            - class_0
+            - class_9
+    """)
+    assert_user_error(proc, "bad.yaml:5: data.classes[1]", "unknown class 'class_9'",
+                      "did you mean 'class_0'")
+    assert not run_dir.exists()
+
+
+def test_corrupt_image_named_by_path(tmp_path, run_dir):
+    data = make_folder(tmp_path / "data", classes=2, per_class=4)
+    bad = data / "class_1" / "0002.png"
+    bad.write_bytes(b"this is not a png")
+    proc = train(tmp_path, run_dir, f"data: {{path: folder:{data}}}\n")
+    assert_user_error(proc, str(bad))
+    assert not run_dir.exists()
+
+
+def test_missing_recipe_file(tmp_path, run_dir):
+    proc = run_cli("train", str(tmp_path / "nope.yaml"), "--run-dir", str(run_dir))
+    assert_user_error(proc, "nope.yaml", "no such file")
+
+
+def test_eval_on_non_run(tmp_path):
+    proc = run_cli("eval", str(tmp_path))
+    assert_user_error(proc, "not a run directory")

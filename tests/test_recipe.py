@@ -1,0 +1,176 @@
+"""The recipe schema: defaults, overrides, round trips and errors that name their culprit."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from edgekd.errors import RecipeError
+from edgekd.recipe import Recipe, build_recipe, builtin_recipes, load_recipe, parse_override
+
+
+def write(tmp_path: Path, text: str, name: str = "r.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text).lstrip())
+    return path
+
+
+BASE = """
+name: t
+data:
+  path: folder:/tmp
+generalist:
+  arch: resnet18
+  epochs: 3
+"""
+
+
+def error_of(tmp_path: Path, text: str, overrides=()) -> str:
+    path = write(tmp_path, text)
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path, overrides)
+    return str(info.value)
+
+
+def test_defaults_fill_unset_keys(tmp_path):
+    r = load_recipe(write(tmp_path, BASE))
+    assert r.generalist.epochs == 3
+    assert r.generalist.batch_size == 128  # schema default
+    assert r.data.val_fraction == 0.1
+    assert r.train.stages == ("generalist",)
+
+
+def test_name_defaults_to_file_stem(tmp_path):
+    path = write(tmp_path, "data: {path: folder:/x}\n", name="my-exp.yaml")
+    assert load_recipe(path).name == "my-exp"
+
+
+def test_round_trip_through_dict_and_yaml(tmp_path):
+    import yaml
+
+    r = load_recipe(write(tmp_path, BASE))
+    again = build_recipe(r.to_dict())
+    assert again.to_dict() == r.to_dict()
+    assert build_recipe(yaml.safe_load(r.to_yaml())).to_dict() == r.to_dict()
+
+
+def test_set_overrides_win_over_file(tmp_path):
+    r = load_recipe(
+        write(tmp_path, BASE),
+        ["generalist.epochs=7", "data.path=cifar:/data", "generalist.optimizer.lr=0.01"],
+    )
+    assert r.generalist.epochs == 7
+    assert r.data.path == "cifar:/data"
+    assert r.generalist.optimizer.lr == 0.01
+    assert r.where("generalist.epochs").startswith("--set generalist.epochs=7")
+
+
+def test_unknown_key_did_you_mean_with_line(tmp_path):
+    msg = error_of(tmp_path, BASE + "  epoch: 4\n")
+    assert "r.yaml:7" in msg
+    assert "generalist.epoch" in msg
+    assert "did you mean 'epochs'" in msg
+
+
+def test_unknown_top_level_section(tmp_path):
+    msg = error_of(tmp_path, BASE + "generalst: {}\n")
+    assert "r.yaml:7" in msg and "did you mean 'generalist'" in msg
+
+
+def test_unknown_key_from_set_names_the_option(tmp_path):
+    msg = error_of(tmp_path, BASE, ["generalist.epoch=3"])
+    assert "--set generalist.epoch=3" in msg and "did you mean 'epochs'" in msg
+
+
+def test_wrong_type(tmp_path):
+    msg = error_of(tmp_path, BASE.replace("epochs: 3", "epochs: three"))
+    assert "r.yaml:6: generalist.epochs" in msg and "'three'" in msg
+
+
+def test_out_of_range(tmp_path):
+    msg = error_of(tmp_path, BASE.replace("epochs: 3", "epochs: 0"))
+    assert "r.yaml:6: generalist.epochs" in msg and "greater than or equal to 1" in msg
+
+
+def test_out_of_range_nested(tmp_path):
+    msg = error_of(tmp_path, BASE + "  optimizer:\n    momentum: 1.5\n")
+    assert "r.yaml:8: generalist.optimizer.momentum" in msg
+
+
+def test_unknown_architecture(tmp_path):
+    msg = error_of(tmp_path, BASE.replace("resnet18", "resnet19"))
+    assert "r.yaml:5: generalist.arch" in msg and "did you mean 'resnet18'" in msg
+
+
+def test_duplicate_class_names_point_at_the_second(tmp_path):
+    text = """
+    data:
+      path: folder:/tmp
+      classes:
+        - cat
+        - dog
+        - cat
+    """
+    msg = error_of(tmp_path, text)
+    assert "r.yaml:6: data.classes[2]" in msg and "listed twice" in msg
+
+
+def test_duplicate_yaml_key(tmp_path):
+    msg = error_of(tmp_path, BASE + "  epochs: 5\n")
+    assert "r.yaml:7" in msg and "duplicate key" in msg and "line 6" in msg
+
+
+def test_missing_required_key(tmp_path):
+    msg = error_of(tmp_path, "name: t\ndata: {val_fraction: 0.2}\n")
+    assert "r.yaml:2: data.path" in msg and "missing" in msg
+
+
+def test_cross_check_warmup_longer_than_run(tmp_path):
+    msg = error_of(tmp_path, BASE + "  schedule: {warmup_epochs: 5}\n")
+    assert "generalist.schedule.warmup_epochs" in msg
+
+
+def test_unknown_stage(tmp_path):
+    msg = error_of(tmp_path, BASE + "train:\n  stages: [generalst]\n")
+    assert "r.yaml:8: train.stages[0]" in msg and "did you mean 'generalist'" in msg
+
+
+def test_invalid_yaml_reports_line(tmp_path):
+    msg = error_of(tmp_path, "data:\n  path: [unclosed\n")
+    assert "r.yaml:" in msg and "not valid YAML" in msg
+
+
+def test_bad_override_syntax():
+    with pytest.raises(RecipeError, match="KEY.PATH=VALUE"):
+        parse_override("generalist.epochs")
+    assert parse_override("a.b=3") == ("a.b", 3)
+    assert parse_override("a.b=[x, y]") == ("a.b", ["x", "y"])
+
+
+def test_override_into_a_value_is_an_error(tmp_path):
+    msg = error_of(tmp_path, BASE, ["generalist.epochs.x=1"])
+    assert "generalist.epochs is a value" in msg
+
+
+def test_missing_recipe_file_suggests_builtin():
+    with pytest.raises(RecipeError, match="did you mean 'smoke'"):
+        load_recipe("smok")
+
+
+def test_builtin_recipes_load_by_name_and_path():
+    names = builtin_recipes()
+    assert {"smoke", "cifar10-cpu", "cifar10-paper"} <= set(names)
+    for name in names:
+        by_name = load_recipe(name)
+        assert isinstance(by_name, Recipe) and by_name.name == name
+    assert load_recipe("recipes/smoke.yaml").to_dict() == load_recipe("smoke").to_dict()
+
+
+def test_digest_ignores_locations_but_not_content(tmp_path):
+    a = load_recipe(write(tmp_path, BASE))
+    b = load_recipe(write(tmp_path, BASE), ["data.path=folder:/elsewhere", "train.tensorboard=false"])
+    c = load_recipe(write(tmp_path, BASE), ["generalist.epochs=4"])
+    assert a.digest("data", "generalist", "train") == b.digest("data", "generalist", "train")
+    assert a.digest("data", "generalist") != c.digest("data", "generalist")

@@ -1,0 +1,180 @@
+"""`edgekd train` and `edgekd eval` end to end, in subprocesses, as a user runs them.
+
+Real Keras training on real CIFAR-10 JPEGs (a seeded sample) and on tiny synthetic folders;
+kill -9 in the middle of an epoch, then the same command resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, run_cli
+from tests.synthetic import make_folder
+
+
+def manifest(run_dir: Path) -> dict:
+    return json.loads((run_dir / "manifest.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory, cifar_jpeg):
+    """The smoke recipe on real CIFAR-10 JPEGs, trained once for this module."""
+    run_dir = tmp_path_factory.mktemp("runs") / "smoke"
+    t0 = time.perf_counter()
+    proc = run_cli("train", "smoke", "--set", f"data.path={cifar_jpeg}", "--run-dir", str(run_dir),
+                   "--quiet")
+    wall = time.perf_counter() - t0
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir, proc, wall
+
+
+@pytest.mark.e2e
+def test_smoke_trains_on_real_images_under_a_minute(smoke_run):
+    run_dir, proc, wall = smoke_run
+    assert wall < 60, f"smoke took {wall:.1f} s"
+    m = manifest(run_dir)
+    stage = m["stages"]["generalist"]
+    assert stage["status"] == "done"
+    assert m["data"]["num_train"] + m["data"]["num_val"] == 300
+    assert len(m["data"]["classes"]) == 10 and m["data"]["classes"][0] == "airplane"
+    assert len(m["data"]["fingerprint"]) == 16
+    assert {"keras", "python", "edgekd"} <= set(m["versions"])
+    assert m["recipe"]["generalist"]["epochs"] == 2
+    for rel in stage["artifacts"].values():
+        assert (run_dir / rel).is_file(), rel
+    assert not (run_dir / "generalist" / "checkpoint").exists()
+    history = json.loads((run_dir / "generalist" / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert {"loss", "accuracy", "val_loss", "val_accuracy", "images_per_s"} <= set(history[0])
+    metrics = json.loads((run_dir / "generalist" / "metrics.json").read_text())
+    cm = metrics["evaluation"]["confusion"]
+    assert len(cm) == 10 and sum(map(sum, cm)) == m["data"]["num_val"]
+    assert 0.0 <= metrics["val_accuracy"] <= 1.0 and metrics["params"] > 0 and metrics["macs"] > 0
+    assert (run_dir / "recipe.yaml").is_file()
+
+
+@pytest.mark.e2e
+def test_eval_prints_per_class_table_and_json(smoke_run):
+    run_dir, _, _ = smoke_run
+    proc = run_cli("eval", str(run_dir))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in ("airplane", "automobile", "cat", "truck", "generalist (%)", "accuracy (%)"):
+        assert name in proc.stdout
+    proc = run_cli("eval", str(run_dir), "--json")
+    payload = json.loads(proc.stdout)
+    ev = payload["models"]["generalist"]
+    metrics = json.loads((run_dir / "generalist" / "metrics.json").read_text())
+    # eval reproduces the validation split and the model: same accuracy as training recorded.
+    assert ev["accuracy"] == pytest.approx(metrics["val_accuracy"], abs=1e-9)
+    assert ev["count"] == manifest(run_dir)["data"]["num_val"]
+
+
+@pytest.mark.e2e
+def test_rerun_skips_and_changed_recipe_reruns(smoke_run, cifar_jpeg):
+    run_dir, _, _ = smoke_run
+    before = manifest(run_dir)["stages"]["generalist"]
+    proc = run_cli("train", "smoke", "--set", f"data.path={cifar_jpeg}", "--run-dir", str(run_dir),
+                   "--quiet")
+    assert proc.returncode == 0 and "up to date, skipped" in proc.stdout
+    assert manifest(run_dir)["stages"]["generalist"]["finished"] == before["finished"]
+
+    proc = run_cli("train", "smoke", "--set", f"data.path={cifar_jpeg}", "--run-dir", str(run_dir),
+                   "--set", "generalist.epochs=1", "--quiet")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "inputs changed" in proc.stdout
+    after = manifest(run_dir)["stages"]["generalist"]
+    assert after["hash"] != before["hash"]
+    assert len(json.loads((run_dir / "generalist" / "history.json").read_text())) == 1
+
+
+@pytest.mark.e2e
+def test_eval_on_other_data_with_data_option(smoke_run, tmp_path, cifar_jpeg):
+    run_dir, _, _ = smoke_run
+    # A held-out style folder: a few real images of two classes, copied.
+    for cls in ("cat", "ship"):
+        (tmp_path / cls).mkdir()
+        for f in sorted((cifar_jpeg / cls).iterdir())[-5:]:
+            (tmp_path / cls / f.name).write_bytes(f.read_bytes())
+    proc = run_cli("eval", str(run_dir), "--data", f"folder:{tmp_path}", "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ev = json.loads(proc.stdout)["models"]["generalist"]
+    assert ev["count"] == 10
+    assert math.isnan(ev["per_class"]["airplane"])  # no airplanes in this folder
+    assert not math.isnan(ev["per_class"]["cat"])
+
+
+def _train_cmd(data: Path, run_dir: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "edgekd", "train", "smoke", "--run-dir", str(run_dir), "--quiet",
+            "--set", f"data.path=folder:{data}", "--set", "data.limit_per_class=null",
+            "--set", "data.val_fraction=0.1", "--set", "generalist.epochs=4",
+            "--set", "generalist.batch_size=8", "--set", "generalist.schedule.warmup_epochs=0",
+            "--set", "train.tensorboard=false", *extra]
+
+
+@pytest.mark.e2e
+def test_kill_9_mid_epoch_resumes(tmp_path):
+    data = make_folder(tmp_path / "data", classes=3, per_class=200)
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.Popen(_train_cmd(data, run_dir), cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    state_file = run_dir / "generalist" / "checkpoint" / "state.json"
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None:
+        if state_file.is_file() and json.loads(state_file.read_text())["epoch"] >= 1:
+            break
+        time.sleep(0.05)
+    time.sleep(0.3)  # into the next epoch
+    assert proc.poll() is None, "training finished before it could be killed:\n" + proc.stdout.read()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_state = json.loads(state_file.read_text())
+    assert 1 <= killed_state["epoch"] < 4
+    assert manifest(run_dir)["stages"]["generalist"]["status"] == "running"
+
+    again = subprocess.run(_train_cmd(data, run_dir), cwd=REPO, env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resuming from epoch {killed_state['epoch']}/4" in again.stdout
+    history = json.loads((run_dir / "generalist" / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+    assert history[: killed_state["epoch"]] == killed_state["history"]
+    m = manifest(run_dir)["stages"]["generalist"]
+    assert m["status"] == "done" and m["metrics"]["val_accuracy"] > 0.9  # colours are easy
+
+
+@pytest.mark.e2e
+def test_jax_backend_trains_without_tensorflow(tmp_path):
+    pytest.importorskip("jax")
+    data = make_folder(tmp_path / "data", classes=3, per_class=20)
+    # A meta-path hook makes `import tensorflow` fail, as on a machine without it.
+    blocker = tmp_path / "block_tf"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class _NoTF:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'tensorflow' or name.startswith('tensorflow.'):\n"
+        "            raise ImportError('tensorflow is blocked in this test')\n"
+        "sys.meta_path.insert(0, _NoTF())\n"
+    )
+    run_dir = tmp_path / "run"
+    proc = run_cli("train", "smoke", "--run-dir", str(run_dir), "--quiet",
+                   "--set", f"data.path=folder:{data}",
+                   env={"KERAS_BACKEND": "jax", "PYTHONPATH": f"{blocker}:{REPO}"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "backend jax" in proc.stdout
+    m = manifest(run_dir)
+    assert m["stages"]["generalist"]["status"] == "done"
+    proc = run_cli("eval", str(run_dir), "--json",
+                   env={"KERAS_BACKEND": "jax", "PYTHONPATH": f"{blocker}:{REPO}"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
