@@ -9,6 +9,7 @@ import sys
 import click
 
 from edgekd.errors import EdgekdError
+from edgekd.native_log import NativeLogFilter
 
 # TensorFlow's C++ start-up chatter hides the messages users need; keep warnings and errors.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -18,14 +19,20 @@ class _Group(click.Group):
     """Maps user errors to one line on stderr and exit code 2; Ctrl-C to 130."""
 
     def invoke(self, ctx: click.Context):
+        native = NativeLogFilter()
+        native.start()
         try:
             return super().invoke(ctx)
         except EdgekdError as exc:
+            native.stop()
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
+            native.stop()
             click.echo("\ninterrupted: run the same command again to resume.", err=True)
             sys.exit(130)
+        finally:
+            native.stop()
 
 
 @click.group(cls=_Group)

@@ -165,7 +165,7 @@ def train_classifier(
     callbacks: list[keras.callbacks.Callback] = [
         EpochCheckpoint(ckpt_dir, history, steps * cfg.batch_size)
     ]
-    if tensorboard and keras.backend.backend() == "tensorflow":
+    if tensorboard and _tensorboard_available():
         callbacks.append(keras.callbacks.TensorBoard(str(workdir / "tensorboard")))
     if initial_epoch < cfg.epochs:
         model.fit(
@@ -173,10 +173,20 @@ def train_classifier(
             validation_data=val_batches,
             epochs=cfg.epochs,
             initial_epoch=initial_epoch,
+            shuffle=False,  # ImageBatches shuffles per (seed, epoch); Keras' shuffle is unseeded
             callbacks=callbacks,
             verbose=verbose,
         )
     return TrainResult(model=model, history=history, resumed_from=initial_epoch)
+
+
+def _tensorboard_available() -> bool:
+    """TensorBoard logs need tf.summary: the TensorFlow backend and the tensorboard package."""
+    if keras.backend.backend() != "tensorflow":
+        return False
+    import importlib.util
+
+    return importlib.util.find_spec("tensorboard") is not None
 
 
 def predict_probs(model: keras.Model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:

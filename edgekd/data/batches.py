@@ -1,0 +1,250 @@
+"""In-memory image batches for `model.fit` / `evaluate` / `predict` on any Keras backend.
+
+Batches are cut from numpy arrays and augmented with vectorised numpy per batch, so they
+cost a few milliseconds and never touch TensorFlow. Every random choice of a batch is drawn
+from a generator seeded by (seed, epoch, batch index): a batch is the same whichever worker
+thread computes it and in whatever order Keras asks for it, and a resumed run that sets
+`epoch` sees exactly the batches of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+# First words of the SeedSequence entropy, keeping the shuffle and augment streams apart.
+_SHUFFLE_STREAM = 0x5348554646  # "SHUFF"
+_AUGMENT_STREAM = 0x4155474D  # "AUGM"
+
+PADDING_MODES = ("reflect", "constant")
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Training augmentation: random crop after padding, horizontal flip, cutout.
+
+    Attributes:
+        crop_padding: int. Pixels of padding on each side before a random crop back to the
+            original size, i.e. a random shift of up to this many pixels. 0 = off.
+            Defaults to 4.
+        padding_mode: str. "reflect" (mirror the border, no artificial black edges) or
+            "constant" (zeros). Defaults to "reflect".
+        flip: bool. Mirror half of the images left-right. Defaults to True.
+        cutout: int. Side of a square set to zero at a random centre (clipped at the
+            border), DeVries & Taylor 2017. 0 = off. Defaults to 0.
+    """
+
+    crop_padding: int = 4
+    padding_mode: str = "reflect"
+    flip: bool = True
+    cutout: int = 0
+
+    def __post_init__(self) -> None:
+        if self.padding_mode not in PADDING_MODES:
+            raise ValueError(
+                f"padding_mode must be one of {PADDING_MODES}, got {self.padding_mode!r}"
+            )
+        if self.crop_padding < 0 or self.cutout < 0:
+            raise ValueError(
+                f"crop_padding and cutout must be >= 0, got {self.crop_padding} and {self.cutout}"
+            )
+
+    def __call__(self, images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Augment a batch of (B, H, W, C) images; returns a new array of the same dtype."""
+        batch, height, width, _ = images.shape
+        pad = self.crop_padding
+        if pad:
+            if self.padding_mode == "reflect" and pad >= min(height, width):
+                raise ValueError(
+                    f"reflect padding of {pad} px needs images larger than that, got "
+                    f"{height}x{width}; use padding_mode='constant' or less padding"
+                )
+            padded = _pad(images, pad, self.padding_mode)
+            top = rng.integers(0, 2 * pad + 1, batch)
+            left = rng.integers(0, 2 * pad + 1, batch)
+            # windows[b, y, x] is the (C, H, W) crop at offset (y, x); gather one per image.
+            windows = sliding_window_view(padded, (height, width), axis=(1, 2))
+            images = windows[np.arange(batch), top, left].transpose(0, 2, 3, 1)
+        else:
+            images = images.copy()
+        if self.flip:
+            flipped = np.flatnonzero(rng.random(batch) < 0.5)
+            images[flipped] = images[flipped, :, ::-1]
+        if self.cutout:
+            self._cut_out(images, rng)
+        return images
+
+    def _cut_out(self, images: np.ndarray, rng: np.random.Generator) -> None:
+        """Zero a cutout x cutout square per image, in place, centred uniformly at random."""
+        batch, height, width, _ = images.shape
+        size = self.cutout
+        if size > min(height, width):
+            raise ValueError(f"cutout of {size} px is larger than the {height}x{width} images")
+        top = rng.integers(0, height, batch) - size // 2
+        left = rng.integers(0, width, batch) - size // 2
+        # Work on one size x size window per image, moved inside the image where the square
+        # sticks out, and zero only the window cells the square covers: no full-size mask.
+        win_top = np.clip(top, 0, height - size)
+        win_left = np.clip(left, 0, width - size)
+        span = np.arange(size)
+        rows = win_top[:, None] + span - top[:, None]  # position in the square, (B, size)
+        cols = win_left[:, None] + span - left[:, None]
+        in_rows = (rows >= 0) & (rows < size)
+        in_cols = (cols >= 0) & (cols < size)
+        covered = in_rows[:, :, None] & in_cols[:, None, :]  # (B, size, size)
+        windows = sliding_window_view(images, (size, size), axis=(1, 2), writeable=True)
+        picked = (np.arange(batch), win_top, win_left)
+        windows[picked] = windows[picked] * ~covered[:, None]  # (B, C, size, size)
+
+
+def _pad(images: np.ndarray, pad: int, mode: str) -> np.ndarray:
+    """Pad height and width by `pad` on each side; faster than np.pad for small batches."""
+    batch, height, width, channels = images.shape
+    out = np.zeros((batch, height + 2 * pad, width + 2 * pad, channels), images.dtype)
+    out[:, pad : pad + height, pad : pad + width] = images
+    if mode == "reflect":
+        # Mirror without repeating the edge pixel, as np.pad(mode="reflect") does.
+        out[:, pad : pad + height, :pad] = images[:, :, pad:0:-1]
+        out[:, pad : pad + height, pad + width :] = images[:, :, width - 2 : width - 2 - pad : -1]
+        out[:, :pad] = out[:, 2 * pad : pad : -1]
+        out[:, pad + height :] = out[:, pad + height - 2 : height - 2 : -1]
+    return out
+
+
+class ImageBatches(keras.utils.PyDataset):
+    """Batches of float32 pixels (0..255) and int32 labels, shuffled and augmented per epoch.
+
+    The models normalise pixels themselves, so batches carry raw pixel values. The order
+    and augmentation of epoch e depend only on (seed, e). `epoch` advances at the end of each
+    epoch in which every batch was served; set it before a resumed `fit(initial_epoch=k)`
+    (``batches.epoch = k``) to replay the uninterrupted run. Pass ``shuffle=False`` to
+    `fit`: this class shuffles the images itself, while Keras would shuffle the batch order
+    with Python's unseeded `random`.
+
+    Args:
+        images: np.ndarray. (N, H, W, C) images, usually uint8.
+        labels: np.ndarray | None. (N,) integer labels; None yields only x (predict).
+        batch_size: int. Images per batch.
+        shuffle: bool. Shuffle the images each epoch. Defaults to False.
+        augment: Augment | None. Augmentation; None = off. Defaults to None.
+        seed: int. Seed of shuffle and augmentation (>= 0). Defaults to 0.
+        epoch: int. Epoch the next batches belong to. Defaults to 0.
+        drop_remainder: bool. Drop the last, smaller batch. Defaults to False.
+        **kwargs: `workers` and `max_queue_size` of `keras.utils.PyDataset` (worker threads;
+            multiprocessing would copy the arrays into every process and is refused).
+
+    Example:
+        >>> train = ImageBatches(x, y, batch_size=256, shuffle=True, augment=Augment())
+        >>> model.fit(train, epochs=30, shuffle=False)
+    """
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray | None = None,
+        *,
+        batch_size: int,
+        shuffle: bool = False,
+        augment: Augment | None = None,
+        seed: int = 0,
+        epoch: int = 0,
+        drop_remainder: bool = False,
+        **kwargs,
+    ) -> None:
+        if kwargs.get("use_multiprocessing"):
+            raise ValueError(
+                "ImageBatches holds its images in memory: use worker threads (workers=N), "
+                "not use_multiprocessing=True, which would copy them into every process"
+            )
+        super().__init__(**kwargs)
+        images = np.asarray(images)
+        if images.ndim != 4:
+            raise ValueError(f"images must be (N, H, W, C), got shape {images.shape}")
+        if labels is not None:
+            labels = np.asarray(labels, dtype=np.int32)
+            if labels.shape != (len(images),):
+                raise ValueError(
+                    f"labels must have shape ({len(images)},) to match images, got {labels.shape}"
+                )
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if seed < 0:
+            raise ValueError(f"seed must be >= 0, got {seed}")
+        if drop_remainder and len(images) < batch_size:
+            raise ValueError(
+                f"drop_remainder=True with {len(images)} images and batch_size {batch_size} "
+                "leaves no batch; lower batch_size"
+            )
+        self.images = images
+        self.labels = labels
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.augment = augment
+        self.seed = seed
+        self.drop_remainder = drop_remainder
+        self._order_cache: tuple[int, np.ndarray] | None = None
+        self.epoch = epoch
+
+    @property
+    def epoch(self) -> int:
+        """The epoch whose order and augmentation the batches follow."""
+        return self._epoch
+
+    @epoch.setter
+    def epoch(self, value: int) -> None:
+        if value < 0:
+            raise ValueError(f"epoch must be >= 0, got {value}")
+        self._epoch = int(value)
+        self._served = np.zeros(len(self), dtype=bool)
+        self._begun = False
+
+    def __len__(self) -> int:
+        if self.drop_remainder:
+            return len(self.images) // self.batch_size
+        return math.ceil(len(self.images) / self.batch_size)
+
+    def order(self, epoch: int) -> np.ndarray:
+        """The image order of `epoch`: a seeded permutation when shuffling, else 0..N-1."""
+        cached = self._order_cache
+        if cached is not None and cached[0] == epoch:
+            return cached[1]
+        if self.shuffle:
+            rng = np.random.default_rng([_SHUFFLE_STREAM, self.seed, epoch])
+            order = rng.permutation(len(self.images))
+        else:
+            order = np.arange(len(self.images))
+        self._order_cache = (epoch, order)
+        return order
+
+    def __getitem__(self, index: int):
+        if not 0 <= index < len(self):
+            raise IndexError(f"batch index {index} out of range for {len(self)} batches")
+        epoch = self._epoch
+        chosen = self.order(epoch)[index * self.batch_size : (index + 1) * self.batch_size]
+        x = self.images[chosen]
+        if self.augment is not None:
+            rng = np.random.default_rng([_AUGMENT_STREAM, self.seed, epoch, index])
+            x = self.augment(x, rng)
+        x = x.astype(np.float32)
+        if epoch == self._epoch:  # not set to another epoch meanwhile
+            self._served[index] = True
+        if self.labels is None:
+            return x
+        return x, self.labels[chosen]
+
+    def on_epoch_begin(self) -> None:
+        """Mark that Keras started an epoch (see `on_epoch_end`)."""
+        self._begun = True
+
+    def on_epoch_end(self) -> None:
+        """Advance `epoch` when an epoch began and all of its batches were served.
+
+        Keras also calls this before the first epoch, and may draw a batch or two to build
+        the model; neither counts as an epoch.
+        """
+        if self._begun and self._served.all():
+            self.epoch = self._epoch + 1

@@ -1,0 +1,375 @@
+"""Data sources: parse a source spec, load it into uint8 arrays, cache the decoded result.
+
+A source is named by a short spec string (``folder:PATH``, ``cifar:PATH``, ``tfds:NAME`` or a
+bare path) so that recipes, the CLI and run manifests all speak about data the same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+
+from edgekd.data.cache import (
+    cache_key,
+    cache_path,
+    default_cache_dir,
+    read_arrays,
+    write_arrays,
+)
+from edgekd.data.split import choose_per_class
+
+SOURCE_KINDS = ("folder", "cifar", "tfds")
+
+_SPEC_FORMS = (
+    "'folder:PATH' (one sub-folder of images per class), "
+    "'cifar:PATH' (a CIFAR-10/100 python-version folder), "
+    "'tfds:NAME' (a TensorFlow Datasets name, e.g. tfds:cifar10), "
+    "or a bare PATH (CIFAR batches are detected, anything else is read as a folder)"
+)
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """Where a dataset comes from: a kind ("folder", "cifar", "tfds") and a path or TFDS name."""
+
+    kind: str
+    location: str
+
+    def __post_init__(self) -> None:
+        if self.kind not in SOURCE_KINDS:
+            raise ValueError(f"unknown data source kind {self.kind!r}; expected {_SPEC_FORMS}")
+        if not self.location:
+            raise ValueError(f"data source {self.kind!r} needs a location; expected {_SPEC_FORMS}")
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.location}"
+
+
+def parse_source(spec: str) -> SourceSpec:
+    """Parse a source spec string into a `SourceSpec`.
+
+    Paths have ``~`` and ``$VARS`` expanded but are not resolved further, so the spec stays
+    as the user wrote it. A bare path is a CIFAR source when it holds CIFAR python batches
+    (``data_batch_1`` + ``batches.meta``, or ``train`` + ``meta``), else an image folder.
+
+    Args:
+        spec: str. The source, e.g. ``"folder:~/data/flowers"`` or ``"tfds:cifar10"``.
+
+    Raises:
+        ValueError: the prefix is unknown or the location is empty; the message lists the
+            accepted forms.
+    """
+    text = str(spec).strip()
+    if not text:
+        raise ValueError(f"empty data source; expected {_SPEC_FORMS}")
+    prefix, sep, rest = text.partition(":")
+    if sep and prefix in SOURCE_KINDS:
+        location = rest.strip() if prefix == "tfds" else _expand(rest.strip())
+        return SourceSpec(prefix, location)
+    # Anything else that looks like "word:..." is a mistyped prefix (or a URL), not a path;
+    # a one-letter word is a Windows drive ("C:\\data"). Name a path holding ':' as folder:PATH.
+    if sep and len(prefix) > 1 and prefix.isidentifier():
+        raise ValueError(
+            f"unknown data source prefix {prefix!r} in {text!r}; expected {_SPEC_FORMS}"
+        )
+    location = _expand(text)
+    from edgekd.data.cifar import find_cifar_dir  # lazy: cifar.py imports ImageSet from here
+
+    kind = "cifar" if find_cifar_dir(Path(location)) is not None else "folder"
+    return SourceSpec(kind, location)
+
+
+def _expand(path: str) -> str:
+    return os.path.expandvars(os.path.expanduser(path))
+
+
+@dataclass
+class ImageSet:
+    """Images and integer labels held in memory.
+
+    Attributes:
+        images: np.ndarray. (N, H, W, 3) uint8 RGB.
+        labels: np.ndarray. (N,) int32, an index into `class_names`.
+        class_names: list[str]. The class names, in label order.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    class_names: list[str]
+
+    def __post_init__(self) -> None:
+        if self.images.ndim != 4 or self.images.shape[-1] != 3 or self.images.dtype != np.uint8:
+            raise ValueError(
+                f"images must be an (N, H, W, 3) uint8 array, got {self.images.dtype} "
+                f"{self.images.shape}"
+            )
+        self.labels = np.asarray(self.labels, dtype=np.int32)
+        if self.labels.shape != (len(self.images),):
+            raise ValueError(
+                f"labels must have shape ({len(self.images)},), got {self.labels.shape}"
+            )
+        self.class_names = [str(name) for name in self.class_names]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes (`len(class_names)`), whether or not each one has images."""
+        return len(self.class_names)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(height, width) of the images."""
+        return int(self.images.shape[1]), int(self.images.shape[2])
+
+    def subset(self, indices: np.ndarray) -> ImageSet:
+        """Return the images at `indices` (a copy), with the same class names."""
+        indices = np.asarray(indices)
+        return ImageSet(self.images[indices], self.labels[indices], list(self.class_names))
+
+    def resized(self, image_size: int) -> ImageSet:
+        """Return the set resized to image_size x image_size (bilinear, Pillow); self if equal."""
+        if self.image_size == (image_size, image_size):
+            return self
+        return ImageSet(resize_images(self.images, image_size), self.labels, self.class_names)
+
+
+def resize_images(images: np.ndarray, image_size: int) -> np.ndarray:
+    """Resize (N, H, W, 3) uint8 images to image_size x image_size with Pillow's bilinear filter."""
+    from PIL import Image
+
+    out = np.empty((len(images), image_size, image_size, 3), np.uint8)
+    for i, image in enumerate(images):
+        pil = Image.fromarray(image).resize((image_size, image_size), Image.Resampling.BILINEAR)
+        out[i] = np.asarray(pil)
+    return out
+
+
+@dataclass
+class Dataset:
+    """A loaded source: the train split, the source's own test split if it has one, a fingerprint.
+
+    Attributes:
+        source: SourceSpec. Where the data came from.
+        train: ImageSet. The training split (validation is carved out of it later).
+        test: ImageSet | None. The source's test split (CIFAR ``test_batch``, TFDS ``test``);
+            None for image folders.
+        fingerprint: str. sha256 hex over the decoded content of train and test, so a run
+            manifest can tell whether the data changed.
+    """
+
+    source: SourceSpec
+    train: ImageSet
+    test: ImageSet | None
+    fingerprint: str
+
+    @property
+    def class_names(self) -> list[str]:
+        """The class names, in label order."""
+        return self.train.class_names
+
+
+def fingerprint(train: ImageSet, test: ImageSet | None) -> str:
+    """sha256 hex over images, labels and class names of both splits (not over the source path)."""
+    digest = hashlib.sha256()
+    for name, split in (("train", train), ("test", test)):
+        if split is None:
+            digest.update(f"{name}:none;".encode())
+            continue
+        images = np.ascontiguousarray(split.images)
+        digest.update(f"{name}:{images.shape};".encode())
+        digest.update(memoryview(images).cast("B"))
+        digest.update(split.labels.astype("<i4").tobytes())
+        digest.update(("\n".join(split.class_names) + ";").encode())
+    return digest.hexdigest()
+
+
+class Progress:
+    """A one-line progress indicator on stderr, refreshed every `every` items."""
+
+    def __init__(
+        self, label: str, total: int, *, every: int = 5000, enabled: bool = True,
+        stream: TextIO | None = None,
+    ) -> None:
+        self.label = label
+        self.total = total
+        self.every = every
+        self.enabled = enabled
+        self.stream = stream if stream is not None else sys.stderr
+        self.count = 0
+        self._next = every
+        self._start = time.perf_counter()
+        self._tty = bool(getattr(self.stream, "isatty", lambda: False)())
+
+    def update(self, n: int) -> None:
+        """Add `n` finished items; print when a multiple of `every` is crossed."""
+        self.count += n
+        if self.enabled and self.count >= self._next and self.count < self.total:
+            self._next = (self.count // self.every + 1) * self.every
+            self._write(f"{self.label}: {self.count:,}/{self.total:,} images", final=False)
+
+    def done(self) -> None:
+        """Print the final line with the elapsed time."""
+        if self.enabled:
+            seconds = time.perf_counter() - self._start
+            self._write(f"{self.label}: {self.count:,} images in {seconds:.1f} s", final=True)
+
+    def _write(self, text: str, *, final: bool) -> None:
+        if self._tty:
+            self.stream.write("\r\033[K" + text + ("\n" if final else ""))
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+
+def load_source(
+    spec: SourceSpec | str,
+    *,
+    limit_per_class: int | None = None,
+    seed: int = 0,
+    image_size: int | None = None,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+    tfds_dir: str | Path | None = None,
+) -> Dataset:
+    """Load a data source into memory, decoding once and caching the arrays.
+
+    The decoded arrays are cached as one ``.npz`` file keyed by the spec, the source files
+    (paths, sizes, mtimes), `limit_per_class`, `seed` and `image_size`, so the second load
+    of a large image folder reads one file instead of decoding every image again.
+
+    Args:
+        spec: SourceSpec | str. The source; strings go through `parse_source`.
+        limit_per_class: int | None. Keep at most this many images per class, a seeded
+            random choice (the same for the same seed). Image folders pick the files before
+            decoding, so a quick run decodes only these. Also applied to a test split.
+            Defaults to None (all images).
+        seed: int. Seed of the `limit_per_class` choice. Defaults to 0.
+        image_size: int | None. Resize to image_size x image_size (bilinear) where the
+            source differs. None keeps the source size, which must then be the same for
+            all images. Defaults to None.
+        cache_dir: str | Path | None. Where decoded arrays are cached. Defaults to
+            ``$EDGEKD_CACHE`` or ``~/.cache/edgekd``.
+        progress: bool. Print a one-line progress indicator to stderr while decoding.
+            Defaults to True.
+        tfds_dir: str | Path | None. TFDS data directory for ``tfds:`` sources. Defaults to
+            ``$TFDS_DATA_DIR`` or TFDS's own default (``~/tensorflow_datasets``).
+
+    Returns:
+        The `Dataset`.
+
+    Raises:
+        DataError: the source is missing, unreadable or malformed; the message names the
+            file or folder and how to fix it.
+    """
+    if isinstance(spec, str):
+        spec = parse_source(spec)
+    if limit_per_class is not None and limit_per_class < 1:
+        raise ValueError(f"limit_per_class must be >= 1 or None, got {limit_per_class}")
+    if image_size is not None and image_size < 1:
+        raise ValueError(f"image_size must be >= 1 or None, got {image_size}")
+
+    if spec.kind == "folder":
+        from edgekd.data.folder import scan_folder
+
+        index = scan_folder(spec.location)
+        files = index.file_stats()
+    elif spec.kind == "cifar":
+        from edgekd.data.cifar import cifar_file_stats
+
+        files = cifar_file_stats(spec.location)
+    else:
+        from edgekd.data.tfds import tfds_file_stats
+
+        files = tfds_file_stats(spec.location, data_dir=tfds_dir)
+
+    key = cache_key(
+        {
+            "spec": str(spec),
+            "abspath": os.path.abspath(spec.location) if spec.kind != "tfds" else None,
+            "tfds_dir": str(tfds_dir) if spec.kind == "tfds" and tfds_dir is not None else None,
+            "limit_per_class": limit_per_class,
+            "seed": seed if limit_per_class is not None else 0,
+            "image_size": image_size,
+        },
+        files,
+    )
+    path = cache_path(cache_dir if cache_dir is not None else default_cache_dir(), spec.kind, key)
+    cached = read_arrays(path)
+    if cached is not None:
+        dataset = _from_arrays(spec, cached)
+        if dataset is not None:
+            return dataset
+
+    if spec.kind == "folder":
+        from edgekd.data.folder import decode_folder
+
+        train = decode_folder(
+            index, limit_per_class=limit_per_class, seed=seed, image_size=image_size,
+            progress=progress,
+        )
+        test = None
+    else:
+        if spec.kind == "cifar":
+            from edgekd.data.cifar import load_cifar
+
+            train, test = load_cifar(spec.location)
+        else:
+            from edgekd.data.tfds import load_tfds
+
+            train, test = load_tfds(
+                spec.location, data_dir=tfds_dir, image_size=image_size, progress=progress
+            )
+        train, test = (
+            _limit_and_resize(split, limit_per_class, seed, image_size) for split in (train, test)
+        )
+
+    dataset = Dataset(spec, train, test, fingerprint(train, test))
+    write_arrays(path, _to_arrays(dataset))
+    return dataset
+
+
+def _limit_and_resize(
+    split: ImageSet | None, limit_per_class: int | None, seed: int, image_size: int | None
+) -> ImageSet | None:
+    if split is None:
+        return None
+    if limit_per_class is not None:
+        split = split.subset(choose_per_class(split.labels, limit_per_class, seed))
+    if image_size is not None:
+        split = split.resized(image_size)
+    return split
+
+
+def _to_arrays(dataset: Dataset) -> dict[str, np.ndarray]:
+    arrays = {
+        "train_images": dataset.train.images,
+        "train_labels": dataset.train.labels,
+        "class_names": np.array(dataset.train.class_names, dtype=str),
+        "fingerprint": np.array(dataset.fingerprint),
+    }
+    if dataset.test is not None:
+        arrays["test_images"] = dataset.test.images
+        arrays["test_labels"] = dataset.test.labels
+    return arrays
+
+
+def _from_arrays(spec: SourceSpec, arrays: dict[str, np.ndarray]) -> Dataset | None:
+    """Rebuild a Dataset from cached arrays; None if the entry does not have the right shape."""
+    try:
+        class_names = [str(name) for name in arrays["class_names"].tolist()]
+        train = ImageSet(arrays["train_images"], arrays["train_labels"], class_names)
+        test = None
+        if "test_images" in arrays:
+            test = ImageSet(arrays["test_images"], arrays["test_labels"], class_names)
+        return Dataset(spec, train, test, str(arrays["fingerprint"]))
+    except (KeyError, ValueError):
+        return None
