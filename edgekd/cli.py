@@ -43,10 +43,19 @@ def main() -> None:
 
 @main.command()
 @click.argument("recipe")
-@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
-              help="Override a recipe key, e.g. --set generalist.epochs=3 (repeatable).")
-@click.option("--run-dir", type=click.Path(file_okay=False), default=None,
-              help="Run directory. Defaults to runs/<recipe name>.")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY.PATH=VALUE",
+    help="Override a recipe key, e.g. --set generalist.epochs=3 (repeatable).",
+)
+@click.option(
+    "--run-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Run directory. Defaults to runs/<recipe name>.",
+)
 @click.option("--quiet", is_flag=True, help="No per-batch progress bar (one line per epoch).")
 def train(recipe: str, overrides: tuple[str, ...], run_dir: str | None, quiet: bool) -> None:
     """Train the stages RECIPE asks for (a YAML file or a built-in name, e.g. smoke)."""
@@ -61,8 +70,13 @@ def train(recipe: str, overrides: tuple[str, ...], run_dir: str | None, quiet: b
 
 @main.command(name="eval")
 @click.argument("run", type=click.Path())
-@click.option("--data", "data_spec", default=None, metavar="SPEC",
-              help="Evaluate on folder:PATH / cifar:PATH / tfds:NAME instead of the validation split.")
+@click.option(
+    "--data",
+    "data_spec",
+    default=None,
+    metavar="SPEC",
+    help="Evaluate on folder:PATH / cifar:PATH / tfds:NAME instead of the validation split.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 def evaluate(run: str, data_spec: str | None, as_json: bool) -> None:
     """Overall and per-class accuracy of every model in RUN."""

@@ -63,8 +63,9 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
 
     def line(cells: Sequence[str]) -> str:
-        return "| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                                 for i, (c, w) in enumerate(zip(cells, widths))) + " |"
+        pairs = enumerate(zip(cells, widths, strict=True))
+        padded = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in pairs]
+        return "| " + " | ".join(padded) + " |"
 
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     return "\n".join([line(headers), sep, *(line(r) for r in rows)])
@@ -84,10 +85,14 @@ def per_class_table(results: Mapping[str, Evaluation], baseline: str | None = No
     return format_table(headers, rows)
 
 
-def overall_table(results: Mapping[str, Evaluation], params: Mapping[str, str] | None = None) -> str:
+def overall_table(
+    results: Mapping[str, Evaluation], params: Mapping[str, str] | None = None
+) -> str:
     """The seed's overall table: model, accuracy (%), images evaluated."""
-    rows = [[n, _pct(e.accuracy), str(e.count), *([params.get(n, "")] if params else [])]
-            for n, e in results.items()]
+    rows = [
+        [n, _pct(e.accuracy), str(e.count), *([params.get(n, "")] if params else [])]
+        for n, e in results.items()
+    ]
     headers = ["model", "accuracy (%)", "images", *(["description"] if params else [])]
     return format_table(headers, rows)
 

@@ -88,7 +88,12 @@ class OptimizerConfig(_Section):
     lr: float = Field(0.1, gt=0.0, le=10.0, description="peak learning rate for batch_size")
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     nesterov: bool = True
-    weight_decay: float = Field(5e-4, ge=0.0, lt=1.0, description="decoupled, scaled by lr")
+    weight_decay: float = Field(
+        5e-3,
+        ge=0.0,
+        lt=1.0,
+        description="decoupled: w -= lr*wd*w per step (5e-3 ~ PyTorch SGD 5e-4 at momentum 0.9)",
+    )
 
 
 class ScheduleConfig(_Section):
@@ -161,7 +166,9 @@ class TrainConfig(_Section):
                 )
         order = [STAGES.index(s) for s in self.stages]
         if order != sorted(set(order)):
-            raise FieldError(("stages",), f"stages must be distinct and in the order {list(STAGES)}")
+            raise FieldError(
+                ("stages",), f"stages must be distinct and in the order {list(STAGES)}"
+            )
         return self
 
 
@@ -310,7 +317,9 @@ def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise RecipeError(f"{file}:1: a recipe must be a mapping of sections, got {type(data).__name__}")
+        raise RecipeError(
+            f"{file}:1: a recipe must be a mapping of sections, got {type(data).__name__}"
+        )
     origins: dict[str, str] = {}
     if node is not None:
         _walk_node(node, (), file, origins)

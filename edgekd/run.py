@@ -8,6 +8,7 @@ because hashes chain, every stage downstream of it).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import platform
@@ -27,10 +28,8 @@ def package_versions() -> dict[str, str]:
     """Versions of the packages that shape a run's numbers (absent ones omitted)."""
     out = {"edgekd": __version__, "python": platform.python_version()}
     for name in ("keras", "tensorflow", "jax", "jaxlib", "numpy", "pillow"):
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
     return out
 
 
@@ -96,7 +95,9 @@ class RunDir:
             raise RunDirError(f"{self.path}: stage {stage!r} has no artifact {key!r}")
         return self.path / rec.artifacts[key]
 
-    def begin(self, recipe: dict[str, Any], recipe_source: str | None, data: dict[str, Any]) -> None:
+    def begin(
+        self, recipe: dict[str, Any], recipe_source: str | None, data: dict[str, Any]
+    ) -> None:
         """Create the directory (if needed) and record recipe, data and versions."""
         self.path.mkdir(parents=True, exist_ok=True)
         m = self.manifest

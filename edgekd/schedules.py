@@ -72,9 +72,7 @@ class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
         peak_step = max(self.peak_at * self.total_steps, 1.0)
         start = self.peak_lr / 10.0
         up = start + (self.peak_lr - start) * step / peak_step
-        down_frac = ops.clip(
-            (step - peak_step) / max(self.total_steps - peak_step, 1.0), 0.0, 1.0
-        )
+        down_frac = ops.clip((step - peak_step) / max(self.total_steps - peak_step, 1.0), 0.0, 1.0)
         down = self.peak_lr + (self.final_lr - self.peak_lr) * down_frac
         return ops.where(step < peak_step, up, down)
 

@@ -80,7 +80,8 @@ class EpochCheckpoint(keras.callbacks.Callback):
         with atomic.atomic_path(self.directory / name) as tmp:
             self.model.save(tmp)
         atomic.write_json(
-            self.directory / STATE, {"epoch": epoch + 1, "checkpoint": name, "history": self.history}
+            self.directory / STATE,
+            {"epoch": epoch + 1, "checkpoint": name, "history": self.history},
         )
         for old in self.directory.glob("epoch-*.keras"):
             if old.name != name:
@@ -157,7 +158,7 @@ def train_classifier(
         if state is not None:
             model.optimizer.build(model.trainable_variables)
             model.load_weights(ckpt_dir / state["checkpoint"])
-            log(f"resuming from epoch {state['epoch']}/{cfg.epochs} ({ckpt_dir / state['checkpoint']})")
+            log(f"resuming from epoch {state['epoch']}/{cfg.epochs} ({state['checkpoint']})")
     initial_epoch = state["epoch"] if state else 0
     history: list[dict[str, float]] = list(state["history"]) if state else []
     train_batches.epoch = initial_epoch

@@ -10,8 +10,14 @@ from PIL import Image
 COLOURS = [(220, 40, 40), (40, 200, 40), (40, 60, 220), (220, 220, 40), (200, 40, 200)]
 
 
-def make_folder(root: Path, classes: int = 3, per_class: int = 20, size: int = 32, seed: int = 0,
-                fmt: str = "png") -> Path:
+def make_folder(
+    root: Path,
+    classes: int = 3,
+    per_class: int = 20,
+    size: int = 32,
+    seed: int = 0,
+    fmt: str = "png",
+) -> Path:
     """Write `classes` x `per_class` images under root/<class_k>/; returns root."""
     rng = np.random.default_rng(seed)
     for c in range(classes):

@@ -21,7 +21,8 @@ def assert_user_error(proc, *needles: str) -> None:
     assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
     assert "Traceback" not in proc.stderr
     err = proc.stderr.strip()
-    assert err.startswith("error: "), err
+    assert err.count("error: ") == 1, err  # one message (progress lines may precede it)
+    err = err[err.index("error: ") :]
     for needle in needles:
         assert needle in err, err
 
@@ -36,54 +37,72 @@ def train(tmp_path, run_dir, body: str, *extra: str):
 
 
 def test_unknown_key_with_did_you_mean(tmp_path, run_dir):
-    proc = train(tmp_path, run_dir, """
+    proc = train(
+        tmp_path,
+        run_dir,
+        """
         data:
           path: folder:/nowhere
         generalist:
           epoch: 3
-    """)
+    """,
+    )
     assert_user_error(proc, "bad.yaml:4: generalist.epoch", "did you mean 'epochs'")
     assert not run_dir.exists()
 
 
 def test_wrong_type(tmp_path, run_dir):
-    proc = train(tmp_path, run_dir, """
+    proc = train(
+        tmp_path,
+        run_dir,
+        """
         data:
           path: folder:/nowhere
           val_fraction: lots
-    """)
+    """,
+    )
     assert_user_error(proc, "bad.yaml:3: data.val_fraction", "'lots'")
     assert not run_dir.exists()
 
 
 def test_out_of_range_from_set(tmp_path, run_dir):
-    proc = train(tmp_path, run_dir, "data: {path: folder:/nowhere}\n",
-                 "--set", "data.val_fraction=1.5")
+    proc = train(
+        tmp_path, run_dir, "data: {path: folder:/nowhere}\n", "--set", "data.val_fraction=1.5"
+    )
     assert_user_error(proc, "--set data.val_fraction=1.5: data.val_fraction", "less than 1")
     assert not run_dir.exists()
 
 
 def test_missing_data_folder(tmp_path, run_dir):
-    proc = train(tmp_path, run_dir, """
+    proc = train(
+        tmp_path,
+        run_dir,
+        """
         seed: 1
         data:
           path: folder:/no/such/folder
-    """)
+    """,
+    )
     assert_user_error(proc, "bad.yaml:3: data.path", "/no/such/folder", "does not exist")
     assert not run_dir.exists()
 
 
 def test_unknown_class_name(tmp_path, run_dir):
     data = make_folder(tmp_path / "data", classes=3, per_class=4)
-    proc = train(tmp_path, run_dir, f"""
+    proc = train(
+        tmp_path,
+        run_dir,
+        f"""
         data:
           path: folder:{data}
           classes:
             - class_0
             - class_9
-    """)
-    assert_user_error(proc, "bad.yaml:5: data.classes[1]", "unknown class 'class_9'",
-                      "did you mean 'class_0'")
+    """,
+    )
+    assert_user_error(
+        proc, "bad.yaml:5: data.classes[1]", "unknown class 'class_9'", "did you mean 'class_0'"
+    )
     assert not run_dir.exists()
 
 

@@ -97,7 +97,8 @@ def test_reflect_padding_matches_numpy():
     for i in range(16):
         assert any(
             np.array_equal(padded[i, dy : dy + 8, dx : dx + 8], out[i])
-            for dy in range(7) for dx in range(7)
+            for dy in range(7)
+            for dx in range(7)
         )
 
 
@@ -146,14 +147,26 @@ def _fit_weights(images, labels, splits: list[tuple[int, int]], weights) -> list
     for initial_epoch, epochs in splits:
         keras.utils.set_random_seed(0)
         model = keras.Sequential(
-            [keras.Input((8, 8, 3)), keras.layers.Rescaling(1 / 255), keras.layers.Flatten(),
-             keras.layers.Dense(3)]
+            [
+                keras.Input((8, 8, 3)),
+                keras.layers.Rescaling(1 / 255),
+                keras.layers.Flatten(),
+                keras.layers.Dense(3),
+            ]
         )
-        model.compile(keras.optimizers.SGD(0.1),
-                      keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        model.compile(
+            keras.optimizers.SGD(0.1), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        )
         model.set_weights(weights)
-        batches = ImageBatches(images, labels, batch_size=8, shuffle=True, augment=Augment(2),
-                               seed=5, epoch=initial_epoch)
+        batches = ImageBatches(
+            images,
+            labels,
+            batch_size=8,
+            shuffle=True,
+            augment=Augment(2),
+            seed=5,
+            epoch=initial_epoch,
+        )
         model.fit(batches, initial_epoch=initial_epoch, epochs=epochs, shuffle=False, verbose=0)
         weights = model.get_weights()
     return weights

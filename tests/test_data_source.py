@@ -24,12 +24,25 @@ from edgekd.data import (
 from edgekd.errors import DataError
 
 REAL_JPEGS = Path("/work/shared/data/cifar10-jpeg/train")
-CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
-                 "ship", "truck"]
+CIFAR10_NAMES = [
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+]
 
 
 def write_folder(
-    root: Path, counts: dict[str, int], size: tuple[int, int] = (8, 8), seed: int = 0,
+    root: Path,
+    counts: dict[str, int],
+    size: tuple[int, int] = (8, 8),
+    seed: int = 0,
     ext: str = ".png",
 ) -> dict[str, list[np.ndarray]]:
     """Write random RGB images (lossless PNG by default), `counts[class]` per class folder."""
@@ -142,8 +155,13 @@ def test_limit_per_class_is_seeded_and_decodes_only_chosen(tmp_path, monkeypatch
     )
 
     def load(seed: int, cache: str):
-        return load_source(f"folder:{tmp_path / 'd'}", limit_per_class=5, seed=seed,
-                           cache_dir=tmp_path / cache, progress=False)
+        return load_source(
+            f"folder:{tmp_path / 'd'}",
+            limit_per_class=5,
+            seed=seed,
+            cache_dir=tmp_path / cache,
+            progress=False,
+        )
 
     first = load(1, "c1")
     assert np.bincount(first.train.labels).tolist() == [5, 3, 5]
@@ -158,8 +176,9 @@ def test_limit_per_class_is_seeded_and_decodes_only_chosen(tmp_path, monkeypatch
 def test_image_size_resizes_mixed_sizes(tmp_path):
     write_folder(tmp_path, {"a": 2}, size=(8, 8))
     write_folder(tmp_path, {"b": 2}, size=(12, 10), seed=1)
-    ds = load_source(f"folder:{tmp_path}", image_size=6, cache_dir=tmp_path / "cache",
-                     progress=False)
+    ds = load_source(
+        f"folder:{tmp_path}", image_size=6, cache_dir=tmp_path / "cache", progress=False
+    )
     assert ds.train.images.shape == (4, 6, 6, 3)
 
 
@@ -254,8 +273,10 @@ def test_fingerprint_follows_content_not_path(tmp_path):
     write_folder(tmp_path / "two", {"a": 2, "b": 2}, seed=3)
     write_folder(tmp_path / "three", {"a": 2, "b": 2}, seed=4)
     prints = [
-        load_source(f"folder:{tmp_path / name}", cache_dir=tmp_path / "c", progress=False)
-        .fingerprint for name in ("one", "two", "three")
+        load_source(
+            f"folder:{tmp_path / name}", cache_dir=tmp_path / "c", progress=False
+        ).fingerprint
+        for name in ("one", "two", "three")
     ]
     assert prints[0] == prints[1] != prints[2]
     assert len(prints[0]) == 64
@@ -284,8 +305,13 @@ def test_cifar100_batches_and_limit(tmp_path):
     assert ds.source.kind == "cifar"
     assert ds.class_names == fake["names"]
     assert ds.train.labels.tolist() == fake["train"][0][b"fine_labels"]
-    small = load_source(str(tmp_path / "c100"), limit_per_class=2, image_size=16,
-                        cache_dir=tmp_path / "cache", progress=False)
+    small = load_source(
+        str(tmp_path / "c100"),
+        limit_per_class=2,
+        image_size=16,
+        cache_dir=tmp_path / "cache",
+        progress=False,
+    )
     assert np.bincount(small.train.labels).max() == 2
     assert small.train.images.shape[1:] == (16, 16, 3)
     assert small.test is not None and np.bincount(small.test.labels).max() <= 2
@@ -322,15 +348,18 @@ def test_malicious_pickle_is_refused_and_not_run(tmp_path, where):
     else:
         target, content = tmp_path / "c10" / "batches.meta", {b"label_names": [payload]}
     target.write_bytes(pickle.dumps(content, protocol=2))
-    with pytest.raises(DataError, match=rf"refusing to unpickle (posix|os|nt)\.system in .*"
-                                        rf"{target.name}"):
+    with pytest.raises(
+        DataError,
+        match=rf"refusing to unpickle (posix|os|nt)\.system in .*"
+        rf"{target.name}",
+    ):
         load_source(f"cifar:{tmp_path / 'c10'}", cache_dir=tmp_path / "cache")
     assert not marker.exists()
 
 
 def test_refuses_other_globals_and_odd_codecs(tmp_path):
     write_cifar(tmp_path)
-    evil = (b"\x80\x02cbuiltins\neval\nq\x00X\x0b\x00\x00\x00print('hi')q\x01\x85q\x02Rq\x03.")
+    evil = b"\x80\x02cbuiltins\neval\nq\x00X\x0b\x00\x00\x00print('hi')q\x01\x85q\x02Rq\x03."
     (tmp_path / "test_batch").write_bytes(evil)
     with pytest.raises(DataError, match=r"refusing to unpickle builtins\.eval"):
         load_source(f"cifar:{tmp_path}", cache_dir=tmp_path / "cache")

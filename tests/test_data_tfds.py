@@ -22,10 +22,12 @@ class EdgekdToyFixed(tfds.core.GeneratorBasedBuilder):
     def _info(self):
         return tfds.core.DatasetInfo(
             builder=self,
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Image(shape=(8, 8, 3)),
-                "label": tfds.features.ClassLabel(names=["ant", "bee", "cat"]),
-            }),
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Image(shape=(8, 8, 3)),
+                    "label": tfds.features.ClassLabel(names=["ant", "bee", "cat"]),
+                }
+            ),
             supervised_keys=("image", "label"),
         )
 
@@ -47,10 +49,12 @@ class EdgekdToyVaried(tfds.core.GeneratorBasedBuilder):
     def _info(self):
         return tfds.core.DatasetInfo(
             builder=self,
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Image(shape=(None, None, 1)),
-                "label": tfds.features.ClassLabel(names=["dark", "light"]),
-            }),
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Image(shape=(None, None, 1)),
+                    "label": tfds.features.ClassLabel(names=["dark", "light"]),
+                }
+            ),
             supervised_keys=("image", "label"),
         )
 
@@ -89,14 +93,24 @@ def test_unknown_dataset(tmp_path):
 
 def test_prepared_dataset_loads_with_test_split(tmp_path):
     EdgekdToyFixed(data_dir=str(tmp_path / "tfds")).download_and_prepare()
-    ds = load_source("tfds:edgekd_toy_fixed", tfds_dir=tmp_path / "tfds",
-                     cache_dir=tmp_path / "cache", progress=False)
+    ds = load_source(
+        "tfds:edgekd_toy_fixed",
+        tfds_dir=tmp_path / "tfds",
+        cache_dir=tmp_path / "cache",
+        progress=False,
+    )
     assert ds.class_names == ["ant", "bee", "cat"]
     assert ds.train.images.shape == (30, 8, 8, 3) and ds.train.images.dtype == np.uint8
     assert ds.test is not None and len(ds.test) == 9
     assert np.bincount(ds.train.labels).tolist() == [10, 10, 10]
-    small = load_source("tfds:edgekd_toy_fixed", tfds_dir=tmp_path / "tfds", limit_per_class=2,
-                        image_size=4, cache_dir=tmp_path / "cache", progress=False)
+    small = load_source(
+        "tfds:edgekd_toy_fixed",
+        tfds_dir=tmp_path / "tfds",
+        limit_per_class=2,
+        image_size=4,
+        cache_dir=tmp_path / "cache",
+        progress=False,
+    )
     assert small.train.images.shape == (6, 4, 4, 3)
     assert len(list((tmp_path / "cache").glob("*.npz"))) == 2
 
@@ -104,10 +118,19 @@ def test_prepared_dataset_loads_with_test_split(tmp_path):
 def test_varied_gray_dataset_needs_image_size(tmp_path):
     EdgekdToyVaried(data_dir=str(tmp_path / "tfds")).download_and_prepare()
     with pytest.raises(DataError, match=r"different sizes.*data\.image_size"):
-        load_source("tfds:edgekd_toy_varied", tfds_dir=tmp_path / "tfds",
-                    cache_dir=tmp_path / "cache", progress=False)
-    ds = load_source("tfds:edgekd_toy_varied", tfds_dir=tmp_path / "tfds", image_size=5,
-                     cache_dir=tmp_path / "cache", progress=False)
+        load_source(
+            "tfds:edgekd_toy_varied",
+            tfds_dir=tmp_path / "tfds",
+            cache_dir=tmp_path / "cache",
+            progress=False,
+        )
+    ds = load_source(
+        "tfds:edgekd_toy_varied",
+        tfds_dir=tmp_path / "tfds",
+        image_size=5,
+        cache_dir=tmp_path / "cache",
+        progress=False,
+    )
     assert ds.test is None
     assert ds.train.images.shape == (6, 5, 5, 3)
     assert (ds.train.images[..., 0] == ds.train.images[..., 2]).all()  # gray -> RGB

@@ -170,7 +170,9 @@ def test_builtin_recipes_load_by_name_and_path():
 
 def test_digest_ignores_locations_but_not_content(tmp_path):
     a = load_recipe(write(tmp_path, BASE))
-    b = load_recipe(write(tmp_path, BASE), ["data.path=folder:/elsewhere", "train.tensorboard=false"])
+    b = load_recipe(
+        write(tmp_path, BASE), ["data.path=folder:/elsewhere", "train.tensorboard=false"]
+    )
     c = load_recipe(write(tmp_path, BASE), ["generalist.epochs=4"])
     assert a.digest("data", "generalist", "train") == b.digest("data", "generalist", "train")
     assert a.digest("data", "generalist") != c.digest("data", "generalist")

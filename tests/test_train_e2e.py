@@ -30,8 +30,9 @@ def smoke_run(tmp_path_factory, cifar_jpeg):
     """The smoke recipe on real CIFAR-10 JPEGs, trained once for this module."""
     run_dir = tmp_path_factory.mktemp("runs") / "smoke"
     t0 = time.perf_counter()
-    proc = run_cli("train", "smoke", "--set", f"data.path={cifar_jpeg}", "--run-dir", str(run_dir),
-                   "--quiet")
+    proc = run_cli(
+        "train", "smoke", "--set", f"data.path={cifar_jpeg}", "--run-dir", str(run_dir), "--quiet"
+    )
     wall = time.perf_counter() - t0
     assert proc.returncode == 0, proc.stderr[-3000:]
     return run_dir, proc, wall
@@ -82,13 +83,23 @@ def test_eval_prints_per_class_table_and_json(smoke_run):
 def test_rerun_skips_and_changed_recipe_reruns(smoke_run, cifar_jpeg):
     run_dir, _, _ = smoke_run
     before = manifest(run_dir)["stages"]["generalist"]
-    proc = run_cli("train", "smoke", "--set", f"data.path={cifar_jpeg}", "--run-dir", str(run_dir),
-                   "--quiet")
+    proc = run_cli(
+        "train", "smoke", "--set", f"data.path={cifar_jpeg}", "--run-dir", str(run_dir), "--quiet"
+    )
     assert proc.returncode == 0 and "up to date, skipped" in proc.stdout
     assert manifest(run_dir)["stages"]["generalist"]["finished"] == before["finished"]
 
-    proc = run_cli("train", "smoke", "--set", f"data.path={cifar_jpeg}", "--run-dir", str(run_dir),
-                   "--set", "generalist.epochs=1", "--quiet")
+    proc = run_cli(
+        "train",
+        "smoke",
+        "--set",
+        f"data.path={cifar_jpeg}",
+        "--run-dir",
+        str(run_dir),
+        "--set",
+        "generalist.epochs=1",
+        "--quiet",
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "inputs changed" in proc.stdout
     after = manifest(run_dir)["stages"]["generalist"]
@@ -113,11 +124,31 @@ def test_eval_on_other_data_with_data_option(smoke_run, tmp_path, cifar_jpeg):
 
 
 def _train_cmd(data: Path, run_dir: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "edgekd", "train", "smoke", "--run-dir", str(run_dir), "--quiet",
-            "--set", f"data.path=folder:{data}", "--set", "data.limit_per_class=null",
-            "--set", "data.val_fraction=0.1", "--set", "generalist.epochs=4",
-            "--set", "generalist.batch_size=8", "--set", "generalist.schedule.warmup_epochs=0",
-            "--set", "train.tensorboard=false", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "edgekd",
+        "train",
+        "smoke",
+        "--run-dir",
+        str(run_dir),
+        "--quiet",
+        "--set",
+        f"data.path=folder:{data}",
+        "--set",
+        "data.limit_per_class=null",
+        "--set",
+        "data.val_fraction=0.1",
+        "--set",
+        "generalist.epochs=4",
+        "--set",
+        "generalist.batch_size=8",
+        "--set",
+        "generalist.schedule.warmup_epochs=0",
+        "--set",
+        "train.tensorboard=false",
+        *extra,
+    ]
 
 
 @pytest.mark.e2e
@@ -125,8 +156,14 @@ def test_kill_9_mid_epoch_resumes(tmp_path):
     data = make_folder(tmp_path / "data", classes=3, per_class=200)
     run_dir = tmp_path / "run"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    proc = subprocess.Popen(_train_cmd(data, run_dir), cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        _train_cmd(data, run_dir),
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     state_file = run_dir / "generalist" / "checkpoint" / "state.json"
     deadline = time.time() + 180
     while time.time() < deadline and proc.poll() is None:
@@ -134,15 +171,18 @@ def test_kill_9_mid_epoch_resumes(tmp_path):
             break
         time.sleep(0.05)
     time.sleep(0.3)  # into the next epoch
-    assert proc.poll() is None, "training finished before it could be killed:\n" + proc.stdout.read()
+    assert proc.poll() is None, (
+        "training finished before it could be killed:\n" + proc.stdout.read()
+    )
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     killed_state = json.loads(state_file.read_text())
     assert 1 <= killed_state["epoch"] < 4
     assert manifest(run_dir)["stages"]["generalist"]["status"] == "running"
 
-    again = subprocess.run(_train_cmd(data, run_dir), cwd=REPO, env=env, capture_output=True,
-                           text=True, timeout=300)
+    again = subprocess.run(
+        _train_cmd(data, run_dir), cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"resuming from epoch {killed_state['epoch']}/4" in again.stdout
     history = json.loads((run_dir / "generalist" / "history.json").read_text())
@@ -168,13 +208,24 @@ def test_jax_backend_trains_without_tensorflow(tmp_path):
         "sys.meta_path.insert(0, _NoTF())\n"
     )
     run_dir = tmp_path / "run"
-    proc = run_cli("train", "smoke", "--run-dir", str(run_dir), "--quiet",
-                   "--set", f"data.path=folder:{data}",
-                   env={"KERAS_BACKEND": "jax", "PYTHONPATH": f"{blocker}:{REPO}"})
+    proc = run_cli(
+        "train",
+        "smoke",
+        "--run-dir",
+        str(run_dir),
+        "--quiet",
+        "--set",
+        f"data.path=folder:{data}",
+        env={"KERAS_BACKEND": "jax", "PYTHONPATH": f"{blocker}:{REPO}"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "backend jax" in proc.stdout
     m = manifest(run_dir)
     assert m["stages"]["generalist"]["status"] == "done"
-    proc = run_cli("eval", str(run_dir), "--json",
-                   env={"KERAS_BACKEND": "jax", "PYTHONPATH": f"{blocker}:{REPO}"})
+    proc = run_cli(
+        "eval",
+        str(run_dir),
+        "--json",
+        env={"KERAS_BACKEND": "jax", "PYTHONPATH": f"{blocker}:{REPO}"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -55,8 +55,10 @@ def read_arrays(path: Path) -> dict[str, np.ndarray] | None:
             # Reading each member in full checks its CRC, so a damaged file is caught here.
             return {name: archive[name] for name in archive.files}
     except Exception as exc:  # any failure at all means "not cached"
-        print(f"edgekd: ignoring unreadable cache entry {path} ({exc}); rebuilding it",
-              file=sys.stderr)
+        print(
+            f"edgekd: ignoring unreadable cache entry {path} ({exc}); rebuilding it",
+            file=sys.stderr,
+        )
         return None
 
 
@@ -76,8 +78,11 @@ def write_arrays(path: Path, arrays: dict[str, np.ndarray]) -> bool:
         os.replace(tmp_name, path)
         return True
     except OSError as exc:
-        print(f"edgekd: could not write data cache {path} ({exc}); set EDGEKD_CACHE to a "
-              "writable folder to avoid decoding again next time", file=sys.stderr)
+        print(
+            f"edgekd: could not write data cache {path} ({exc}); set EDGEKD_CACHE to a "
+            "writable folder to avoid decoding again next time",
+            file=sys.stderr,
+        )
         if tmp_name is not None:
             with contextlib.suppress(OSError):
                 os.unlink(tmp_name)

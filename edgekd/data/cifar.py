@@ -92,8 +92,12 @@ class _Layout:
 
 
 _CIFAR10 = _Layout(
-    "CIFAR-10", tuple(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta",
-    b"label_names", b"labels",
+    "CIFAR-10",
+    tuple(f"data_batch_{i}" for i in range(1, 6)),
+    "test_batch",
+    "batches.meta",
+    b"label_names",
+    b"labels",
 )
 _CIFAR100 = _Layout("CIFAR-100", ("train",), "test", "meta", b"fine_label_names", b"fine_labels")
 # The folders the official archives extract to, accepted one level down.

@@ -59,7 +59,8 @@ def scan_folder(root: str | Path) -> FolderIndex:
             "name (tfds:NAME)"
         )
     class_dirs = sorted(
-        entry.name for entry in os.scandir(root)
+        entry.name
+        for entry in os.scandir(root)
         if entry.is_dir() and not entry.name.startswith(".")
     )
     if not class_dirs:

@@ -196,7 +196,12 @@ class Progress:
     """A one-line progress indicator on stderr, refreshed every `every` items."""
 
     def __init__(
-        self, label: str, total: int, *, every: int = 5000, enabled: bool = True,
+        self,
+        label: str,
+        total: int,
+        *,
+        every: int = 5000,
+        enabled: bool = True,
         stream: TextIO | None = None,
     ) -> None:
         self.label = label
@@ -313,7 +318,10 @@ def load_source(
         from edgekd.data.folder import decode_folder
 
         train = decode_folder(
-            index, limit_per_class=limit_per_class, seed=seed, image_size=image_size,
+            index,
+            limit_per_class=limit_per_class,
+            seed=seed,
+            image_size=image_size,
             progress=progress,
         )
         test = None

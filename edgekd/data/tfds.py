@@ -121,9 +121,13 @@ def load_tfds(
             sets.append(None)
             continue
         label = f"reading tfds:{name} {split}"
-        images, labels = read(builder, split, name, image_size, Progress(
-            label, splits[split].num_examples, enabled=progress
-        ))
+        images, labels = read(
+            builder,
+            split,
+            name,
+            image_size,
+            Progress(label, splits[split].num_examples, enabled=progress),
+        )
         sets.append(ImageSet(images, labels, class_names))
     return sets[0], sets[1]
 

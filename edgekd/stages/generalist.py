@@ -84,7 +84,9 @@ class GeneralistStage(Stage):
             "epochs": len(epochs),
             "train_s_this_session": round(train_s, 1),
             "train_s_epochs": round(sum(e.get("train_s", 0.0) for e in epochs), 1),
-            "images_per_s": float(np.median([e["images_per_s"] for e in epochs])) if epochs else None,
+            "images_per_s": float(np.median([e["images_per_s"] for e in epochs]))
+            if epochs
+            else None,
         }
         with atomic.atomic_path(out / "model.keras") as tmp:
             model.save(tmp)

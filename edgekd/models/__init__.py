@@ -1,0 +1,27 @@
+"""Model zoo: CIFAR-style ResNets by name, plus parameter and MAC counts.
+
+The registry loads without Keras (recipe validation uses it); the rest loads on first use.
+"""
+
+from typing import Any
+
+from edgekd.models.registry import ARCHITECTURES, ArchSpec, architecture_names, build_model
+
+_LAZY = {
+    "count_macs": "edgekd.models.macs",
+    "count_params": "edgekd.models.macs",
+    "model_summary_stats": "edgekd.models.macs",
+    "CIFAR10_MEAN": "edgekd.models.resnet",
+    "CIFAR10_STD": "edgekd.models.resnet",
+    "cifar_resnet": "edgekd.models.resnet",
+}
+
+__all__ = ["ARCHITECTURES", "ArchSpec", "architecture_names", "build_model", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'edgekd.models' has no attribute {name!r}")
