@@ -75,22 +75,22 @@ def train(recipe: str, overrides: tuple[str, ...], run_dir: str | None, quiet: b
     "data_spec",
     default=None,
     metavar="SPEC",
-    help="Evaluate on folder:PATH / cifar:PATH / tfds:NAME instead of the validation split.",
+    help="Evaluate on folder:PATH / cifar:PATH / tfds:NAME instead of the run's own data.",
+)
+@click.option(
+    "--split",
+    type=click.Choice(["val", "test"]),
+    default="val",
+    show_default=True,
+    help="Which split of the run's own data (test only where the source has one).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
-def evaluate(run: str, data_spec: str | None, as_json: bool) -> None:
+def evaluate(run: str, data_spec: str | None, split: str, as_json: bool) -> None:
     """Overall and per-class accuracy of every model in RUN."""
-    from edgekd.evaluate import evaluate_run, overall_table, per_class_table
+    from edgekd.evaluate import evaluate_run
 
-    results, described = evaluate_run(run, data_spec)
-    if as_json:
-        payload = {"data": described, "models": {k: v.to_dict() for k, v in results.items()}}
-        click.echo(json.dumps(payload, indent=2))
-        return
-    click.echo(f"Data: {described}\n")
-    click.echo(per_class_table(results, baseline="generalist"))
-    click.echo("")
-    click.echo(overall_table(results))
+    report = evaluate_run(run, data_spec, split)
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.tables())
 
 
 @main.command(name="recipes")

@@ -86,27 +86,50 @@ def per_class_table(results: Mapping[str, Evaluation], baseline: str | None = No
 
 
 def overall_table(
-    results: Mapping[str, Evaluation], params: Mapping[str, str] | None = None
+    results: Mapping[str, Evaluation], about: Mapping[str, Mapping[str, str]] | None = None
 ) -> str:
-    """The seed's overall table: model, accuracy (%), images evaluated."""
+    """The seed's overall table: model, what it is (architecture, params, MACs), accuracy."""
+    about = about or {}
+    extra = ["architecture", "params", "MACs/image"] if about else []
     rows = [
-        [n, _pct(e.accuracy), str(e.count), *([params.get(n, "")] if params else [])]
+        [n, *(about.get(n, {}).get(k, "") for k in extra), _pct(e.accuracy), str(e.count)]
         for n, e in results.items()
     ]
-    headers = ["model", "accuracy (%)", "images", *(["description"] if params else [])]
-    return format_table(headers, rows)
+    return format_table(["model", *extra, "accuracy (%)", "images"], rows)
 
 
-def evaluate_run(run_path: str, data_spec: str | None = None) -> tuple[dict[str, Evaluation], str]:
-    """Evaluate every model a run has on its validation split (or on `data_spec`).
+@dataclass
+class RunEvaluation:
+    """Every model of a run evaluated on one set of images."""
 
-    Returns the evaluations by stage name and a description of the data used.
-    """
+    results: dict[str, Evaluation]
+    data: str
+    about: dict[str, dict[str, str]]
+
+    def to_dict(self) -> dict:
+        return {
+            "data": self.data,
+            "models": {n: {**self.about[n], **e.to_dict()} for n, e in self.results.items()},
+        }
+
+    def tables(self) -> str:
+        return "\n\n".join(
+            [
+                f"Data: {self.data}",
+                per_class_table(self.results, baseline="generalist"),
+                overall_table(self.results, self.about),
+            ]
+        )
+
+
+def evaluate_run(run_path: str, data_spec: str | None = None, split: str = "val") -> RunEvaluation:
+    """Evaluate every model a run has on its validation (or test) split, or on `data_spec`."""
     import keras
 
     import edgekd.losses  # noqa: F401  (registers serialisable objects used in saved models)
     import edgekd.schedules  # noqa: F401
     from edgekd.dataset import load_eval_data, prepare_data
+    from edgekd.errors import RunDirError
     from edgekd.recipe import build_recipe
     from edgekd.run import RunDir
     from edgekd.trainer import predict_probs
@@ -114,21 +137,32 @@ def evaluate_run(run_path: str, data_spec: str | None = None) -> tuple[dict[str,
     run = RunDir.open_existing(run_path)
     recipe = build_recipe(run.manifest["recipe"], source=str(run.path / "recipe.yaml"))
     class_names = list(run.manifest["data"]["classes"])
-    if data_spec is None:
-        images = prepare_data(recipe, progress=True).val
-        described = f"validation split of {run.manifest['data']['source']}"
-    else:
+    if data_spec is not None:
         images = load_eval_data(recipe, data_spec, class_names)
         described = data_spec
+    else:
+        prepared = prepare_data(recipe, progress=True)
+        images = prepared.val if split == "val" else prepared.test
+        if images is None:
+            raise RunDirError(
+                f"{prepared.source} has no test split; evaluate on held-out images with --data"
+            )
+        described = f"{'validation' if split == 'val' else 'test'} split of {prepared.source}"
     results: dict[str, Evaluation] = {}
+    about: dict[str, dict[str, str]] = {}
     for stage, rec in run.manifest.get("stages", {}).items():
         if rec.get("status") != "done" or "model" not in rec.get("artifacts", {}):
             continue
         model = keras.models.load_model(run.artifact(stage, "model"), compile=False)
         probs = predict_probs(model, images.images)
         results[stage] = Evaluation.from_probs(probs, images.labels, class_names)
+        cfg = run.manifest["recipe"].get(stage, {})
+        metrics = rec.get("metrics", {})
+        about[stage] = {
+            "architecture": f"{cfg.get('arch', '?')} w{cfg.get('width', '?')}",
+            "params": f"{metrics.get('params', 0) / 1e6:.2f}M",
+            "MACs/image": f"{metrics.get('macs', 0) / 1e6:.1f}M",
+        }
     if not results:
-        from edgekd.errors import RunDirError
-
         raise RunDirError(f"{run.path}: no finished stage has a model yet")
-    return results, f"{described} ({len(images)} images)"
+    return RunEvaluation(results, f"{described} ({len(images)} images)", about)

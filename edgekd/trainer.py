@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from edgekd import atomic
 from edgekd.accelerator import Accelerator, distribution_scope, precision_policy
 from edgekd.data import Augment, ImageBatches, ImageSet
 from edgekd.losses import SparseCrossentropy
+from edgekd.models import model_summary_stats
 from edgekd.recipe import ModelTrainConfig
 from edgekd.schedules import build_schedule
 
@@ -132,6 +133,7 @@ def train_classifier(
     tensorboard: bool = True,
     verbose: str | int = "auto",
     log: Callable[[str], None] = print,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> TrainResult:
     """Train (or resume training) the model `build()` makes; checkpoints live in `workdir`."""
     ckpt_dir = workdir / "checkpoint"
@@ -154,6 +156,11 @@ def train_classifier(
     with precision_policy(accel.precision), distribution_scope(strategy):
         keras.utils.set_random_seed(seed)
         model = build()
+        stats = model_summary_stats(model)
+        log(
+            f"{model.name}: {cfg.arch} width {cfg.width}, {stats['params']:,} params, "
+            f"{stats['macs'] / 1e6:.1f}M MACs/image; {steps} steps/epoch x {cfg.epochs} epochs"
+        )
         compile_classifier(model, cfg, steps, accel.jit_compile)
         if state is not None:
             model.optimizer.build(model.trainable_variables)
@@ -163,11 +170,12 @@ def train_classifier(
     history: list[dict[str, float]] = list(state["history"]) if state else []
     train_batches.epoch = initial_epoch
 
-    callbacks: list[keras.callbacks.Callback] = [
-        EpochCheckpoint(ckpt_dir, history, steps * cfg.batch_size)
+    all_callbacks: list[keras.callbacks.Callback] = [
+        EpochCheckpoint(ckpt_dir, history, steps * cfg.batch_size),
+        *callbacks,
     ]
     if tensorboard and _tensorboard_available():
-        callbacks.append(keras.callbacks.TensorBoard(str(workdir / "tensorboard")))
+        all_callbacks.append(keras.callbacks.TensorBoard(str(workdir / "tensorboard")))
     if initial_epoch < cfg.epochs:
         model.fit(
             train_batches,
@@ -175,7 +183,7 @@ def train_classifier(
             epochs=cfg.epochs,
             initial_epoch=initial_epoch,
             shuffle=False,  # ImageBatches shuffles per (seed, epoch); Keras' shuffle is unseeded
-            callbacks=callbacks,
+            callbacks=all_callbacks,
             verbose=verbose,
         )
     return TrainResult(model=model, history=history, resumed_from=initial_epoch)

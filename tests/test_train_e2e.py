@@ -151,10 +151,8 @@ def _train_cmd(data: Path, run_dir: Path, *extra: str) -> list[str]:
     ]
 
 
-@pytest.mark.e2e
-def test_kill_9_mid_epoch_resumes(tmp_path):
-    data = make_folder(tmp_path / "data", classes=3, per_class=200)
-    run_dir = tmp_path / "run"
+def _interrupt_after_first_epoch(data: Path, run_dir: Path, sig: int) -> subprocess.Popen:
+    """Start training, wait until epoch 1 is checkpointed, then send `sig` mid-epoch 2."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     proc = subprocess.Popen(
         _train_cmd(data, run_dir),
@@ -171,18 +169,37 @@ def test_kill_9_mid_epoch_resumes(tmp_path):
             break
         time.sleep(0.05)
     time.sleep(0.3)  # into the next epoch
-    assert proc.poll() is None, (
-        "training finished before it could be killed:\n" + proc.stdout.read()
-    )
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    assert proc.poll() is None, "training ended before the signal:\n" + proc.stdout.read()
+    os.kill(proc.pid, sig)
+    proc.wait(timeout=60)
+    return proc
+
+
+@pytest.mark.e2e
+def test_ctrl_c_stops_cleanly_and_resumes(tmp_path):
+    data = make_folder(tmp_path / "data", classes=3, per_class=200)
+    run_dir = tmp_path / "run"
+    proc = _interrupt_after_first_epoch(data, run_dir, signal.SIGINT)
+    out = proc.stdout.read()
+    assert proc.returncode == 130, out[-2000:]
+    assert "interrupted: run the same command again to resume" in out
+    assert "Traceback" not in out
+    again = run_cli(*_train_cmd(data, run_dir)[3:])
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming from epoch" in again.stdout
+
+
+@pytest.mark.e2e
+def test_kill_9_mid_epoch_resumes(tmp_path):
+    data = make_folder(tmp_path / "data", classes=3, per_class=200)
+    run_dir = tmp_path / "run"
+    _interrupt_after_first_epoch(data, run_dir, signal.SIGKILL)
+    state_file = run_dir / "generalist" / "checkpoint" / "state.json"
     killed_state = json.loads(state_file.read_text())
     assert 1 <= killed_state["epoch"] < 4
     assert manifest(run_dir)["stages"]["generalist"]["status"] == "running"
 
-    again = subprocess.run(
-        _train_cmd(data, run_dir), cwd=REPO, env=env, capture_output=True, text=True, timeout=300
-    )
+    again = run_cli(*_train_cmd(data, run_dir)[3:])
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"resuming from epoch {killed_state['epoch']}/4" in again.stdout
     history = json.loads((run_dir / "generalist" / "history.json").read_text())
