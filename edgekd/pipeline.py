@@ -31,6 +31,9 @@ def train(
     """Run every stage the recipe asks for; returns the run directory."""
     # Everything that can fail on bad input happens before the first write.
     data = prepare_data(recipe, progress=True)
+    selected = [stage for stage in STAGES if stage.name in recipe.train.stages]
+    for stage in selected:
+        stage.check(recipe, data)
     accel = accelerator.resolve(recipe.train.precision, recipe.train.jit_compile)
     run = RunDir(run_dir or default_run_dir(recipe))
     log(

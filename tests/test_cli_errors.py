@@ -97,11 +97,11 @@ def test_unknown_class_name(tmp_path, run_dir):
           path: folder:{data}
           classes:
             - class_0
-            - class_9
+            - clas_1
     """,
     )
     assert_user_error(
-        proc, "bad.yaml:5: data.classes[1]", "unknown class 'class_9'", "did you mean 'class_0'"
+        proc, "bad.yaml:5: data.classes[1]", "unknown class 'clas_1'", "did you mean 'class_1'"
     )
     assert not run_dir.exists()
 
@@ -123,3 +123,12 @@ def test_missing_recipe_file(tmp_path, run_dir):
 def test_eval_on_non_run(tmp_path):
     proc = run_cli("eval", str(tmp_path))
     assert_user_error(proc, "not a run directory")
+
+
+def test_batch_larger_than_training_set(tmp_path, run_dir):
+    data = make_folder(tmp_path / "data", classes=2, per_class=5)
+    proc = train(
+        tmp_path, run_dir, f"data: {{path: folder:{data}}}\ngeneralist: {{batch_size: 64}}\n"
+    )
+    assert_user_error(proc, "bad.yaml:2: generalist.batch_size", "larger than the 8 training")
+    assert not run_dir.exists()

@@ -75,7 +75,7 @@ def test_confusion_and_per_class():
     assert ev.accuracy == pytest.approx(4 / 6)
     assert ev.per_class == pytest.approx({"a": 0.5, "b": 2 / 3, "c": 1.0})
     table = per_class_table({"generalist": ev, "other": ev}, baseline="generalist")
-    assert table.splitlines()[3] == "| b     |          66.67 |     66.67 |          +0.00 |"
+    assert table.splitlines()[3] == "| b     |          66.67 |     66.67 |       +0.00 |"
 
 
 def test_atomic_write_keeps_old_file_on_failure(tmp_path):

@@ -47,5 +47,8 @@ class Stage:
             extra={"data": data_fingerprint, **{s: upstream.get(s, "") for s in self.reads}},
         )
 
+    def check(self, recipe: Recipe, data: PreparedData) -> None:
+        """Pre-flight checks that need the data; raise before anything is written."""
+
     def run(self, ctx: StageContext) -> StageOutcome:
         raise NotImplementedError

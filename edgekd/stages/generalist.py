@@ -14,8 +14,10 @@ import numpy as np
 
 from edgekd import atomic
 from edgekd.data import Augment
+from edgekd.dataset import PreparedData
 from edgekd.evaluate import Evaluation
 from edgekd.models import build_model, model_summary_stats
+from edgekd.recipe import Recipe
 from edgekd.stages.base import Stage, StageContext, StageOutcome
 from edgekd.trainer import predict_probs, train_classifier
 
@@ -33,14 +35,17 @@ class GeneralistStage(Stage):
     name = "generalist"
     sections = ("seed", "data", "generalist", "train")
 
+    def check(self, recipe: Recipe, data: PreparedData) -> None:
+        if recipe.generalist.batch_size > len(data.train):
+            raise recipe.error(
+                "generalist.batch_size",
+                f"{recipe.generalist.batch_size} is larger than the {len(data.train)} "
+                "training images",
+            )
+
     def run(self, ctx: StageContext) -> StageOutcome:
         recipe, data = ctx.recipe, ctx.data
         cfg = recipe.generalist
-        if cfg.batch_size > len(data.train):
-            raise recipe.error(
-                "generalist.batch_size",
-                f"{cfg.batch_size} is larger than the {len(data.train)} training images",
-            )
         out = ctx.run.stage_dir(self.name)
 
         def build():
