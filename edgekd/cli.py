@@ -56,7 +56,7 @@ def main() -> None:
     default=None,
     help="Run directory. Defaults to runs/<recipe name>.",
 )
-@click.option("--quiet", is_flag=True, help="No per-batch progress bar (one line per epoch).")
+@click.option("--quiet", "-q", is_flag=True, help="No per-batch progress bar (one line per epoch).")
 def train(recipe: str, overrides: tuple[str, ...], run_dir: str | None, quiet: bool) -> None:
     """Train the stages RECIPE asks for (a YAML file or a built-in name, e.g. smoke)."""
     from edgekd.recipe import load_recipe

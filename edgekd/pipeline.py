@@ -50,13 +50,16 @@ def train(
         if stage.name not in recipe.train.stages:
             continue
         rec = run.stage(stage.name)
-        if rec.status == "done" and rec.hash == stage_hash:
+        complete = all((run.path / rel).is_file() for rel in rec.artifacts.values())
+        if rec.status == "done" and rec.hash == stage_hash and complete:
             log(f"[{stage.name}] up to date, skipped (delete {run.stage_dir(stage.name)} to redo)")
             continue
         if rec.status == "running" and rec.hash == stage_hash:
             log(f"[{stage.name}] resuming")
         else:
-            if rec.status != "pending":
+            if rec.status == "done" and rec.hash == stage_hash:
+                log(f"[{stage.name}] artifacts missing: starting afresh")
+            elif rec.status != "pending":
                 log(f"[{stage.name}] inputs changed since the last run: starting afresh")
             rec = run.reset_stage(stage.name, stage_hash)
             log(f"[{stage.name}] starting")

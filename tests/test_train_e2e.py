@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -82,29 +83,24 @@ def test_eval_prints_per_class_table_and_json(smoke_run):
 @pytest.mark.e2e
 def test_rerun_skips_and_changed_recipe_reruns(smoke_run, cifar_jpeg):
     run_dir, _, _ = smoke_run
+    args = ("train", "smoke", "--set", f"data.path={cifar_jpeg}", "--run-dir", str(run_dir), "-q")
     before = manifest(run_dir)["stages"]["generalist"]
-    proc = run_cli(
-        "train", "smoke", "--set", f"data.path={cifar_jpeg}", "--run-dir", str(run_dir), "--quiet"
-    )
+    proc = run_cli(*args)
     assert proc.returncode == 0 and "up to date, skipped" in proc.stdout
     assert manifest(run_dir)["stages"]["generalist"]["finished"] == before["finished"]
 
-    proc = run_cli(
-        "train",
-        "smoke",
-        "--set",
-        f"data.path={cifar_jpeg}",
-        "--run-dir",
-        str(run_dir),
-        "--set",
-        "generalist.epochs=1",
-        "--quiet",
-    )
+    proc = run_cli(*args, "--set", "generalist.epochs=1")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "inputs changed" in proc.stdout
     after = manifest(run_dir)["stages"]["generalist"]
     assert after["hash"] != before["hash"]
     assert len(json.loads((run_dir / "generalist" / "history.json").read_text())) == 1
+
+    # Deleting a stage's folder, as the skip message suggests, redoes it.
+    shutil.rmtree(run_dir / "generalist")
+    proc = run_cli(*args, "--set", "generalist.epochs=1")
+    assert proc.returncode == 0 and "artifacts missing" in proc.stdout
+    assert (run_dir / "generalist" / "model.keras").is_file()
 
 
 @pytest.mark.e2e
