@@ -242,3 +242,17 @@ def test_jax_backend_trains_without_tensorflow(tmp_path):
         env={"KERAS_BACKEND": "jax", "PYTHONPATH": f"{blocker}:{REPO}"},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.mark.e2e
+def test_mirrored_strategy_trains_and_saves(tmp_path):
+    """`train.strategy: mirrored` builds, fits and saves under tf.distribute (one CPU here)."""
+    data = make_folder(tmp_path / "data", classes=3, per_class=20)
+    run_dir = tmp_path / "run"
+    proc = run_cli(
+        "train", "smoke", "--run-dir", str(run_dir), "-q",
+        "--set", f"data.path=folder:{data}", "--set", "train.strategy=mirrored",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert manifest(run_dir)["stages"]["generalist"]["status"] == "done"
+    assert run_cli("eval", str(run_dir), "--json").returncode == 0
