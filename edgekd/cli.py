@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 
@@ -13,6 +14,8 @@ from edgekd.native_log import NativeLogFilter
 
 # TensorFlow's C++ start-up chatter hides the messages users need; keep warnings and errors.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# tf.function retracing notes fire once per loaded model (the gated ensemble loads several).
+logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 
 class _Group(click.Group):

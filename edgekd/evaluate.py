@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -105,21 +105,35 @@ class RunEvaluation:
     results: dict[str, Evaluation]
     data: str
     about: dict[str, dict[str, str]]
+    specialists: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {
             "data": self.data,
             "models": {n: {**self.about[n], **e.to_dict()} for n, e in self.results.items()},
+            "specialists": self.specialists,
         }
 
     def tables(self) -> str:
-        return "\n\n".join(
-            [
-                f"Data: {self.data}",
-                per_class_table(self.results, baseline="generalist"),
-                overall_table(self.results, self.about),
+        parts = [
+            f"Data: {self.data}",
+            per_class_table(self.results, baseline="generalist"),
+            overall_table(self.results, self.about),
+        ]
+        if self.specialists:
+            rows = [
+                [
+                    f"specialist {s['index']}",
+                    ", ".join(s["classes"]),
+                    _pct(s["group_accuracy"]),
+                    _pct(s["dustbin_accuracy"]),
+                    _pct(s["activation_rate"]),
+                ]
+                for s in self.specialists
             ]
-        )
+            headers = ["specialist", "classes", "on its classes (%)", "dustbin (%)", "ran on (%)"]
+            parts.append(format_table(headers, rows))
+        return "\n\n".join(parts)
 
 
 def evaluate_run(run_path: str, data_spec: str | None = None, split: str = "val") -> RunEvaluation:
@@ -163,6 +177,31 @@ def evaluate_run(run_path: str, data_spec: str | None = None, split: str = "val"
             "params": f"{metrics.get('params', 0) / 1e6:.2f}M",
             "MACs/image": f"{metrics.get('macs', 0) / 1e6:.1f}M",
         }
+    specialists: list[dict] = []
+    if run.stage("ensemble").status == "done":
+        from edgekd.ensemble.gated import load_gated_ensemble
+        from edgekd.stages.specialists import specialist_metrics
+
+        ensemble = load_gated_ensemble(run.path)
+        output = ensemble.predict(images.images)
+        results["ensemble"] = Evaluation.from_probs(output.probs, images.labels, class_names)
+        ens = run.stage("ensemble").metrics
+        about["ensemble"] = {
+            "architecture": f"gated, top-{ensemble.top_n}",
+            "params": "",
+            "MACs/image": f"{ens.get('macs_per_image', 0) / 1e6:.1f}M",
+        }
+        for rec, rate in zip(
+            run.stage("specialists").metrics.get("specialists", []),
+            output.activation_rate,
+            strict=True,
+        ):
+            m = rec["index"]
+            probs = predict_probs(ensemble.specialists[m], images.images)
+            measured = specialist_metrics(
+                probs, images.labels, rec["indices"], len(class_names), ensemble.dustbin
+            )
+            specialists.append({**rec, **measured, "activation_rate": float(rate)})
     if not results:
         raise RunDirError(f"{run.path}: no finished stage has a model yet")
-    return RunEvaluation(results, f"{described} ({len(images)} images)", about)
+    return RunEvaluation(results, f"{described} ({len(images)} images)", about, specialists)

@@ -31,11 +31,26 @@ def train(
     """Run every stage the recipe asks for; returns the run directory."""
     # Everything that can fail on bad input happens before the first write.
     data = prepare_data(recipe, progress=True)
-    selected = [stage for stage in STAGES if stage.name in recipe.train.stages]
-    for stage in selected:
-        stage.check(recipe, data)
-    accel = accelerator.resolve(recipe.train.precision, recipe.train.jit_compile)
+    hashes: dict[str, str] = {}
+    for stage in STAGES:
+        hashes[stage.name] = stage.input_hash(recipe, data.fingerprint, hashes)
     run = RunDir(run_dir or default_run_dir(recipe))
+    wanted = set(recipe.train.stages)
+    for stage in STAGES:
+        if stage.name not in wanted:
+            continue
+        stage.check(recipe, data)
+        for upstream in stage.reads:
+            rec = run.stage(upstream)
+            if upstream not in wanted and not (
+                rec.status == "done" and rec.hash == hashes[upstream]
+            ):
+                raise recipe.error(
+                    "train.stages",
+                    f"stage {stage.name!r} needs {upstream!r}, which is neither listed nor "
+                    f"finished with this recipe in {run.path}; add it to train.stages",
+                )
+    accel = accelerator.resolve(recipe.train.precision, recipe.train.jit_compile)
     log(
         f"edgekd: run {run.path} | data {data.source} ({len(data.train)} train / "
         f"{len(data.val)} val, {len(data.class_names)} classes) | {accel.describe()}"
@@ -43,11 +58,9 @@ def train(
     run.begin(recipe.to_dict(), recipe.source, data.summary())
     ctx = StageContext(recipe=recipe, data=data, accel=accel, run=run, verbose=verbose, log=log)
 
-    hashes: dict[str, str] = {}
     for stage in STAGES:
-        stage_hash = stage.input_hash(recipe, data.fingerprint, hashes)
-        hashes[stage.name] = stage_hash
-        if stage.name not in recipe.train.stages:
+        stage_hash = hashes[stage.name]
+        if stage.name not in wanted:
             continue
         rec = run.stage(stage.name)
         complete = all((run.path / rel).is_file() for rel in rec.artifacts.values())
@@ -72,7 +85,8 @@ def train(
         rec.status, rec.finished = "done", now()
         rec.metrics, rec.artifacts = outcome.metrics, outcome.artifacts
         run.set_stage(stage.name, rec)
-        log(f"[{stage.name}] done in {rec.wall_s:.0f} s: " + _headline(outcome.metrics))
+        headline = _headline(outcome.metrics)
+        log(f"[{stage.name}] done in {rec.wall_s:.0f} s" + (f": {headline}" if headline else ""))
     return run
 
 

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from edgekd.errors import RecipeError
 
 STAGES: tuple[str, ...] = ("generalist", "groups", "specialists", "ensemble", "student")
-IMPLEMENTED_STAGES: tuple[str, ...] = ("generalist",)
+IMPLEMENTED_STAGES: tuple[str, ...] = ("generalist", "groups", "specialists", "ensemble")
 
 
 class FieldError(ValueError):
@@ -138,6 +138,60 @@ class ModelTrainConfig(_Section):
         return self
 
 
+class GroupsConfig(_Section):
+    """How specialist class groups are chosen from the generalist's validation predictions."""
+
+    method: Literal["confusion", "covariance", "explicit"] = Field(
+        "confusion",
+        description="confusion: symmetrised confusion matrix (seed); covariance: of predicted "
+        "probabilities (Hinton et al., no labels); explicit: the `explicit` lists",
+    )
+    n_groups: Literal["auto"] | int = Field("auto", description="number of specialists or auto")
+    overlap: bool = Field(False, description="a class may join a second group it is confused with")
+    max_group_size: int | None = Field(None, ge=2)
+    explicit: tuple[tuple[str, ...], ...] | None = Field(
+        None, description="groups by class name, e.g. [[cat, dog], [automobile, truck]]"
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> GroupsConfig:
+        if isinstance(self.n_groups, int) and self.n_groups < 1:
+            raise FieldError(("n_groups",), f"must be >= 1 or 'auto', got {self.n_groups}")
+        if self.method == "explicit" and not self.explicit:
+            raise FieldError(("explicit",), "method 'explicit' needs a list of groups here")
+        if self.method != "explicit" and self.explicit:
+            raise FieldError(
+                ("method",),
+                f"groups.explicit is set but method is {self.method!r}; "
+                "set method: explicit (or remove explicit)",
+            )
+        return self
+
+
+class SpecialistConfig(ModelTrainConfig):
+    """One specialist per group: its model, schedule, and how its data is enriched."""
+
+    epochs: int = Field(2, ge=1, le=10_000)
+    dustbin: bool = Field(True, description="an extra output for every class outside the group")
+    group_share: float = Field(
+        0.5, gt=0.0, lt=1.0, description="share of each batch drawn from the group's classes"
+    )
+    init: Literal["auto", "generalist", "scratch"] = Field(
+        "auto", description="auto: from the generalist's weights when arch and width match"
+    )
+
+
+class EnsembleConfig(_Section):
+    """The gated ensemble: which specialists wake up, and how outputs are fused."""
+
+    top_n: int = Field(1, ge=1, description="the generalist's top-n classes gate the specialists")
+    confidence: float | None = Field(
+        None, gt=0.0, le=1.0, description="no specialist runs above this generalist confidence"
+    )
+    fusion_iterations: int = Field(50, ge=1, le=10_000)
+    batch_size: int = Field(256, ge=1)
+
+
 class TrainConfig(_Section):
     """How `edgekd train` runs: which stages, on what hardware settings."""
 
@@ -184,6 +238,9 @@ class Recipe(_Section):
     seed: int = Field(0, ge=0, lt=2**31)
     data: DataConfig
     generalist: ModelTrainConfig = ModelTrainConfig()
+    groups: GroupsConfig = GroupsConfig()
+    specialists: SpecialistConfig = SpecialistConfig()
+    ensemble: EnsembleConfig = EnsembleConfig()
     train: TrainConfig = TrainConfig()
 
     _origins: dict[str, str] = PrivateAttr(default_factory=dict)

@@ -122,7 +122,7 @@ def compile_classifier(
 def train_classifier(
     build: Callable[[], keras.Model],
     cfg: ModelTrainConfig,
-    train: ImageSet,
+    train: ImageSet | ImageBatches,
     val: ImageSet | None,
     workdir: Path,
     *,
@@ -135,18 +135,24 @@ def train_classifier(
     log: Callable[[str], None] = print,
     callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> TrainResult:
-    """Train (or resume training) the model `build()` makes; checkpoints live in `workdir`."""
+    """Train (or resume training) the model `build()` makes; checkpoints live in `workdir`.
+
+    `train` is an image set (shuffled, augmented batches are made here) or ready batches.
+    """
     ckpt_dir = workdir / "checkpoint"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    train_batches = ImageBatches(
-        train.images,
-        train.labels,
-        batch_size=cfg.batch_size,
-        shuffle=True,
-        augment=augment,
-        seed=seed,
-        drop_remainder=True,
-    )
+    if isinstance(train, ImageBatches):
+        train_batches = train  # e.g. EnrichedBatches for a specialist
+    else:
+        train_batches = ImageBatches(
+            train.images,
+            train.labels,
+            batch_size=cfg.batch_size,
+            shuffle=True,
+            augment=augment,
+            seed=seed,
+            drop_remainder=True,
+        )
     steps = len(train_batches)
     val_batches = None
     if val is not None and len(val):
@@ -171,7 +177,7 @@ def train_classifier(
     train_batches.epoch = initial_epoch
 
     all_callbacks: list[keras.callbacks.Callback] = [
-        EpochCheckpoint(ckpt_dir, history, steps * cfg.batch_size),
+        EpochCheckpoint(ckpt_dir, history, steps * train_batches.batch_size),
         *callbacks,
     ]
     if tensorboard and _tensorboard_available():
@@ -199,11 +205,20 @@ def _tensorboard_available() -> bool:
 
 
 def predict_probs(model: keras.Model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Softmax probabilities (float32) for uint8 images, batched, on any backend."""
-    if len(images) == 0:
-        return np.zeros((0, model.output_shape[-1]), np.float32)
-    logits = model.predict(ImageBatches(images, batch_size=batch_size), verbose=0)
-    logits = np.asarray(logits, np.float64)
-    logits -= logits.max(axis=1, keepdims=True)
-    probs = np.exp(logits)
-    return (probs / probs.sum(axis=1, keepdims=True)).astype(np.float32)
+    """Softmax probabilities (float32) for pixel images, batched, on any backend.
+
+    Every batch is padded to `batch_size`, so the compiled predict step is traced once and
+    reused across calls (the gated ensemble calls this per specialist on ragged subsets).
+    """
+    n = len(images)
+    out = np.zeros((n, model.output_shape[-1]), np.float32)
+    for start in range(0, n, batch_size):
+        chunk = np.asarray(images[start : start + batch_size], np.float32)
+        if len(chunk) < batch_size:
+            pad = np.zeros((batch_size - len(chunk), *chunk.shape[1:]), np.float32)
+            chunk = np.concatenate([chunk, pad])
+        logits = np.asarray(model.predict_on_batch(chunk), np.float64)[: n - start]
+        logits -= logits.max(axis=1, keepdims=True)
+        probs = np.exp(logits)
+        out[start : start + len(probs)] = probs / probs.sum(axis=1, keepdims=True)
+    return out

@@ -63,13 +63,32 @@ def test_smoke_trains_on_real_images_under_a_minute(smoke_run):
     assert 0.0 <= metrics["val_accuracy"] <= 1.0 and metrics["params"] > 0 and metrics["macs"] > 0
     assert (run_dir / "recipe.yaml").is_file()
 
+    # groups -> specialists -> ensemble, on the same run.
+    stages = m["stages"]
+    assert [stages[s]["status"] for s in ("groups", "specialists", "ensemble")] == ["done"] * 3
+    groups = json.loads((run_dir / "groups" / "groups.json").read_text())
+    assert len(groups["groups"]) == 2 and all(len(g) >= 2 for g in groups["groups"])
+    assert 0.0 <= groups["captured_confusion"] <= 1.0
+    specs = stages["specialists"]["metrics"]["specialists"]
+    assert [s["classes"] for s in specs] == groups["groups"]
+    assert all(s["initialised_from"] == "generalist" for s in specs)
+    assert all(s["dustbin_logit_correction"] != 0.0 for s in specs)
+    ens = stages["ensemble"]["metrics"]
+    assert len(ens["activation_rate"]) == 2 and ens["top_n"] == 2
+    assert ens["generalist_val_accuracy"] == pytest.approx(metrics["val_accuracy"])
+    gen_macs = stages["generalist"]["metrics"]["macs"]
+    assert gen_macs <= ens["macs_per_image"] <= ens["macs_all_specialists"]
+    config = json.loads((run_dir / "ensemble" / "ensemble.json").read_text())
+    assert config["classes"] == m["data"]["classes"] and config["gating"]["top_n"] == 2
+
 
 @pytest.mark.e2e
 def test_eval_prints_per_class_table_and_json(smoke_run):
     run_dir, _, _ = smoke_run
     proc = run_cli("eval", str(run_dir))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for name in ("airplane", "automobile", "cat", "truck", "generalist (%)", "accuracy (%)"):
+    for name in ("airplane", "automobile", "cat", "truck", "generalist (%)", "ensemble (%)",
+                 "Δ ensemble (%)", "accuracy (%)", "specialist 0", "dustbin (%)"):  # fmt: skip
         assert name in proc.stdout
     proc = run_cli("eval", str(run_dir), "--json")
     payload = json.loads(proc.stdout)
@@ -78,6 +97,9 @@ def test_eval_prints_per_class_table_and_json(smoke_run):
     # eval reproduces the validation split and the model: same accuracy as training recorded.
     assert ev["accuracy"] == pytest.approx(metrics["val_accuracy"], abs=1e-9)
     assert ev["count"] == manifest(run_dir)["data"]["num_val"]
+    ens = payload["models"]["ensemble"]
+    recorded = manifest(run_dir)["stages"]["ensemble"]["metrics"]["val_accuracy"]
+    assert ens["accuracy"] == pytest.approx(recorded, abs=1e-9)
 
 
 @pytest.mark.e2e
@@ -89,9 +111,21 @@ def test_rerun_skips_and_changed_recipe_reruns(smoke_run, cifar_jpeg):
     assert proc.returncode == 0 and "up to date, skipped" in proc.stdout
     assert manifest(run_dir)["stages"]["generalist"]["finished"] == before["finished"]
 
+    # A change to the ensemble section reruns the ensemble alone.
+    proc = run_cli(*args, "--set", "ensemble.top_n=1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for stage in ("generalist", "groups", "specialists"):
+        assert f"[{stage}] up to date, skipped" in proc.stdout
+    assert "[ensemble] inputs changed" in proc.stdout
+    assert manifest(run_dir)["stages"]["ensemble"]["metrics"]["top_n"] == 1
+
+    # A change to the generalist reruns it and everything downstream.
+    stale = {s: r["hash"] for s, r in manifest(run_dir)["stages"].items()}
     proc = run_cli(*args, "--set", "generalist.epochs=1")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "inputs changed" in proc.stdout
+    fresh = manifest(run_dir)["stages"]
+    assert all(fresh[s]["hash"] != stale[s] for s in stale)
     after = manifest(run_dir)["stages"]["generalist"]
     assert after["hash"] != before["hash"]
     assert len(json.loads((run_dir / "generalist" / "history.json").read_text())) == 1

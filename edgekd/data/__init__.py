@@ -12,11 +12,12 @@ from edgekd.data.source import Dataset, ImageSet, SourceSpec, load_source, parse
 from edgekd.data.split import choose_per_class, stratified_split
 
 if TYPE_CHECKING:
-    from edgekd.data.batches import Augment, ImageBatches
+    from edgekd.data.batches import Augment, EnrichedBatches, ImageBatches
 
 __all__ = [
     "Augment",
     "Dataset",
+    "EnrichedBatches",
     "ImageBatches",
     "ImageSet",
     "SourceSpec",
@@ -28,7 +29,7 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    if name in ("Augment", "ImageBatches"):
+    if name in ("Augment", "EnrichedBatches", "ImageBatches"):
         from edgekd.data import batches
 
         return getattr(batches, name)

@@ -248,3 +248,62 @@ class ImageBatches(keras.utils.PyDataset):
         """
         if self._begun and self._served.all():
             self.epoch = self._epoch + 1
+
+
+_ENRICH_STREAM = 0x454E5249  # "ENRI"
+
+
+def _cycled(rng: np.random.Generator, pool: np.ndarray, count: int) -> np.ndarray:
+    """`count` indices drawn from `pool` without replacement, reshuffling each pass."""
+    passes = -(-count // len(pool))
+    return np.concatenate([rng.permutation(pool) for _ in range(passes)])[:count]
+
+
+class EnrichedBatches(ImageBatches):
+    """Training batches in which a fixed share comes from chosen images (a specialist's group).
+
+    Hinton et al. train each specialist on data "enriched" with its classes: every batch holds
+    `round(share * batch_size)` images of the group and the rest from the other classes, each
+    pool cycled without replacement. An epoch has as many batches as plain batches would.
+    Order and augmentation depend only on (seed, epoch), as in `ImageBatches`.
+
+    Args:
+        images: np.ndarray. (N, H, W, C) images.
+        labels: np.ndarray. (N,) integer labels (a specialist's own label space).
+        in_group: np.ndarray. (N,) bool, True for images of the group's classes.
+        share: float. Share of each batch taken from the group, in (0, 1).
+        **kwargs: as `ImageBatches` (batch_size, augment, seed, epoch, drop_remainder).
+    """
+
+    def __init__(self, images, labels, *, in_group: np.ndarray, share: float, **kwargs) -> None:
+        kwargs["shuffle"] = True
+        super().__init__(images, labels, **kwargs)
+        in_group = np.asarray(in_group, bool)
+        if in_group.shape != (len(self.images),):
+            raise ValueError(f"in_group must have shape ({len(self.images)},)")
+        if not 0.0 < share < 1.0:
+            raise ValueError(f"share must be in (0, 1), got {share}")
+        self.in_pool = np.flatnonzero(in_group)
+        self.out_pool = np.flatnonzero(~in_group)
+        if len(self.in_pool) == 0:
+            raise ValueError("no image belongs to the group")
+        self.share = share
+        self.per_batch_in = (
+            self.batch_size
+            if len(self.out_pool) == 0
+            else min(max(1, round(share * self.batch_size)), self.batch_size - 1)
+        )
+
+    def order(self, epoch: int) -> np.ndarray:
+        cached = self._order_cache
+        if cached is not None and cached[0] == epoch:
+            return cached[1]
+        rng = np.random.default_rng([_ENRICH_STREAM, self.seed, epoch])
+        batches, n_in = len(self), self.per_batch_in
+        n_out = self.batch_size - n_in
+        rows = [_cycled(rng, self.in_pool, batches * n_in).reshape(batches, n_in)]
+        if n_out:
+            rows.append(_cycled(rng, self.out_pool, batches * n_out).reshape(batches, n_out))
+        order = np.concatenate(rows, axis=1).reshape(-1)
+        self._order_cache = (epoch, order)
+        return order

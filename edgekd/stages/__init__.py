@@ -1,9 +1,12 @@
 """The ordered stages of `edgekd train`; each names what it reads and what it writes."""
 
 from edgekd.stages.base import Stage, StageContext, StageOutcome
+from edgekd.stages.ensemble import EnsembleStage
 from edgekd.stages.generalist import GeneralistStage
+from edgekd.stages.groups import GroupsStage
+from edgekd.stages.specialists import SpecialistsStage
 
-# Pipeline order. Later issues append groups, specialists, ensemble and student here.
-STAGES: tuple[Stage, ...] = (GeneralistStage(),)
+# Pipeline order. The student stage joins here next.
+STAGES: tuple[Stage, ...] = (GeneralistStage(), GroupsStage(), SpecialistsStage(), EnsembleStage())
 
-__all__ = ["STAGES", "Stage", "StageContext", "StageOutcome", "GeneralistStage"]
+__all__ = ["STAGES", "Stage", "StageContext", "StageOutcome"]

@@ -1,0 +1,142 @@
+"""The gated ensemble: the generalist's top-n classes wake the specialists that cover them,
+and their outputs are fused by the KL solver.
+
+Batched inference gathers, for each specialist, only the images that activate it, runs it
+on those, and scatters the results back, so the cost follows the activation rate.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from edgekd.ensemble.fusion import fuse, membership_matrix, scatter_specialist
+from edgekd.ensemble.gating import activation_plan, gate
+from edgekd.trainer import predict_probs
+
+
+@dataclass
+class EnsembleOutput:
+    """Fused probabilities plus which specialists ran on which image."""
+
+    probs: np.ndarray  # (N, K) fused
+    general: np.ndarray  # (N, K) the generalist's own
+    active: np.ndarray  # (N, M) 0/1
+
+    @property
+    def activation_rate(self) -> np.ndarray:
+        """Share of images on which each specialist ran."""
+        return self.active.mean(0) if self.active.size else np.zeros(self.active.shape[1])
+
+
+@dataclass
+class GatedEnsemble:
+    """A generalist plus specialists over `groups` (class indices), gated and fused.
+
+    Args:
+        generalist: keras.Model. Logits over all K classes.
+        specialists: list of keras.Model. Logits over each group (+ dustbin).
+        groups: list of list of int. Class indices each specialist covers.
+        num_classes: int. K.
+        top_n: int. How many of the generalist's top classes gate. Defaults to 1.
+        confidence: float | None. Above this generalist confidence no specialist runs.
+        dustbin: bool. Specialists have a dustbin output. Defaults to True.
+        iterations: int. Fusion iterations. Defaults to 50.
+        batch_size: int. Inference batch size. Defaults to 256.
+    """
+
+    generalist: keras.Model
+    specialists: list[keras.Model]
+    groups: list[list[int]]
+    num_classes: int
+    top_n: int = 1
+    confidence: float | None = None
+    dustbin: bool = True
+    iterations: int = 50
+    batch_size: int = 256
+    membership: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        if len(self.specialists) != len(self.groups):
+            raise ValueError(f"{len(self.specialists)} specialists for {len(self.groups)} groups")
+        self.membership = membership_matrix(self.groups, self.num_classes)
+
+    def predict(self, images: np.ndarray) -> EnsembleOutput:
+        """Fused class probabilities for uint8/float pixel images (N, H, W, 3)."""
+        general = predict_probs(self.generalist, images, self.batch_size)
+        n, m, k = len(images), len(self.groups), self.num_classes
+        if m == 0 or n == 0:
+            return EnsembleOutput(general, general, np.zeros((n, m), np.float32))
+        active = np.asarray(
+            gate(general, self.membership, top_n=self.top_n, confidence=self.confidence),
+            np.float32,
+        )
+        p_in = np.zeros((n, m, k), np.float32)
+        p_dust = np.zeros((n, m), np.float32)
+        for s, idx in enumerate(activation_plan(active)):
+            if len(idx) == 0:
+                continue
+            probs = predict_probs(self.specialists[s], images[idx], self.batch_size)
+            scattered, dust = scatter_specialist(probs, self.groups[s], k, dustbin=self.dustbin)
+            p_in[idx, s] = np.asarray(scattered)
+            p_dust[idx, s] = np.asarray(dust)
+        fused = fuse(
+            general, p_in, p_dust, active, self.membership,
+            dustbin=self.dustbin, iterations=self.iterations,
+        )  # fmt: skip
+        return EnsembleOutput(np.asarray(fused, np.float32), general, active)
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        """Fused probabilities: the ensemble as a teacher callable."""
+        return self.predict(images).probs
+
+    def macs_per_image(self, general_macs: int, specialist_macs: list[int], rates) -> float:
+        """Average MACs actually spent per image at the given activation rates."""
+        return float(general_macs + sum(r * c for r, c in zip(rates, specialist_macs, strict=True)))
+
+    def config(self, class_names: list[str]) -> dict[str, Any]:
+        """What a runtime needs besides the model files to reproduce the ensemble."""
+        return {
+            "classes": class_names,
+            "groups": [[class_names[c] for c in g] for g in self.groups],
+            "group_indices": self.groups,
+            "dustbin": self.dustbin,
+            "gating": {"rule": "top_n_intersects_group", "top_n": self.top_n,
+                       "confidence": self.confidence},
+            "fusion": {"objective": "KL(p_g,q) + sum_m KL(p_m, A_m q)", "solver": "em",
+                       "iterations": self.iterations},
+        }  # fmt: skip
+
+
+def load_gated_ensemble(run_path: str | Path, **overrides: Any) -> GatedEnsemble:
+    """The gated ensemble of a trained run (generalist, groups and specialists done)."""
+    import edgekd.losses  # noqa: F401  (serialisable objects used in saved models)
+    import edgekd.models.layers  # noqa: F401
+    import edgekd.schedules  # noqa: F401
+    from edgekd.run import RunDir
+
+    run = RunDir.open_existing(run_path)
+    recipe = run.manifest["recipe"]
+    groups = json.loads(run.artifact("groups", "groups").read_text())["indices"]
+    generalist = keras.models.load_model(run.artifact("generalist", "model"), compile=False)
+    specialists = [
+        keras.models.load_model(run.artifact("specialists", f"model_{m}"), compile=False)
+        for m in range(len(groups))
+    ]
+    ens = recipe.get("ensemble", {})
+    kwargs = {
+        "top_n": ens.get("top_n", 1),
+        "confidence": ens.get("confidence"),
+        "dustbin": recipe.get("specialists", {}).get("dustbin", True),
+        "iterations": ens.get("fusion_iterations", 50),
+        "batch_size": ens.get("batch_size", 256),
+        **overrides,
+    }
+    return GatedEnsemble(
+        generalist, specialists, groups, len(run.manifest["data"]["classes"]), **kwargs
+    )

@@ -1,0 +1,177 @@
+"""Stage 3: one specialist per group, trained on data enriched with the group's classes.
+
+Each specialist predicts its group's classes plus a "dustbin" for every other class (or,
+with `dustbin: false`, its classes only, trained on them alone). Batches hold a fixed share
+`group_share` of group images; afterwards the dustbin logit is shifted by the log of the
+oversampling factor (Hinton et al.) so probabilities match the real class mix. A specialist
+starts from the generalist's weights (all but the head) when architectures match.
+
+Reads: `groups/groups.json`, `generalist/model.keras`. Writes `specialists/specialist_<m>/`:
+`model.keras` (with the correction inside), `history.json`, `metrics.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import keras
+import numpy as np
+
+from edgekd import atomic
+from edgekd.data import EnrichedBatches, ImageBatches, ImageSet
+from edgekd.models import build_model, model_summary_stats
+from edgekd.models.layers import LogitAdjustment
+from edgekd.stages.base import Stage, StageContext, StageOutcome
+from edgekd.stages.generalist import augment_of
+from edgekd.trainer import predict_probs, train_classifier
+
+
+def specialist_labels(labels: np.ndarray, group: list[int], num_classes: int) -> np.ndarray:
+    """Labels in a specialist's space: position in the group, or len(group) (the dustbin)."""
+    mapping = np.full(num_classes, len(group), np.int32)
+    mapping[np.asarray(group)] = np.arange(len(group), dtype=np.int32)
+    return mapping[labels]
+
+
+def dustbin_correction(prior_in: float, share: float) -> float:
+    """log(true/training odds of the dustbin): added to its logit after enriched training."""
+    return math.log((1.0 - prior_in) / (1.0 - share)) - math.log(prior_in / share)
+
+
+def copy_backbone(source: keras.Model, target: keras.Model, skip: str = "head") -> int:
+    """Copy weights layer by layer (matched by name) except `skip`; returns layers copied."""
+    copied = 0
+    for layer in target.layers:
+        if layer.name == skip or not layer.weights:
+            continue
+        layer.set_weights(source.get_layer(layer.name).get_weights())
+        copied += 1
+    return copied
+
+
+def specialist_metrics(
+    probs: np.ndarray, labels: np.ndarray, group: list[int], num_classes: int, dustbin: bool
+) -> dict[str, float]:
+    """Accuracy on its own classes (argmax over all outputs), among its classes only, and
+    how often images of other classes land in the dustbin."""
+    in_group = np.isin(labels, group)
+    spec = specialist_labels(labels, group, num_classes)
+    pred = probs.argmax(1)
+    own = float((pred[in_group] == spec[in_group]).mean()) if in_group.any() else float("nan")
+    among = probs[:, : len(group)].argmax(1)
+    group_acc = float((among[in_group] == spec[in_group]).mean()) if in_group.any() else 0.0
+    out = ~in_group
+    dust = float((pred[out] == len(group)).mean()) if dustbin and out.any() else float("nan")
+    return {"own_class_accuracy": own, "group_accuracy": group_acc, "dustbin_accuracy": dust}
+
+
+class SpecialistsStage(Stage):
+    """Train one dustbin specialist per group."""
+
+    name = "specialists"
+    sections = ("seed", "data", "generalist", "specialists", "train")
+    reads = ("groups",)
+
+    def run(self, ctx: StageContext) -> StageOutcome:
+        recipe, data, cfg = ctx.recipe, ctx.data, ctx.recipe.specialists
+        info = json.loads(ctx.run.artifact("groups", "groups").read_text())
+        groups: list[list[int]] = info["indices"]
+        root = ctx.run.stage_dir(self.name)
+        gen_cfg = recipe.generalist
+        from_generalist = cfg.init == "generalist" or (
+            cfg.init == "auto" and (cfg.arch, cfg.width) == (gen_cfg.arch, gen_cfg.width)
+        )
+        generalist = None
+        if from_generalist:
+            generalist = keras.models.load_model(
+                ctx.run.artifact("generalist", "model"), compile=False
+            )
+        records, artifacts = [], {}
+        for m, group in enumerate(groups):
+            out = root / f"specialist_{m}"
+            names = [data.class_names[k] for k in group]
+            if (out / "metrics.json").is_file():
+                ctx.log(f"[specialists] {m} ({', '.join(names)}) already trained")
+                records.append(json.loads((out / "metrics.json").read_text()))
+            else:
+                ctx.log(f"[specialists] training {m}: {', '.join(names)}")
+                records.append(self._train_one(ctx, m, group, out, generalist))
+            artifacts[f"model_{m}"] = f"{self.name}/specialist_{m}/model.keras"
+        return StageOutcome(metrics={"specialists": records}, artifacts=artifacts)
+
+    def _train_one(self, ctx, m, group, out, generalist) -> dict:
+        recipe, data, cfg = ctx.recipe, ctx.data, ctx.recipe.specialists
+        k = len(data.class_names)
+        labels = specialist_labels(data.train.labels, group, k)
+        in_group = np.isin(data.train.labels, group)
+        val = data.val
+        if cfg.dustbin:
+            batches = EnrichedBatches(
+                data.train.images, labels, in_group=in_group, share=cfg.group_share,
+                batch_size=cfg.batch_size, augment=augment_of(ctx), seed=recipe.seed + m,
+                drop_remainder=True,
+            )  # fmt: skip
+            val_set = ImageSet(val.images, specialist_labels(val.labels, group, k), [])
+        else:
+            keep = np.flatnonzero(in_group)
+            batches = ImageBatches(
+                data.train.images[keep], labels[keep], batch_size=cfg.batch_size, shuffle=True,
+                augment=augment_of(ctx), seed=recipe.seed + m, drop_remainder=True,
+            )  # fmt: skip
+            vkeep = np.flatnonzero(np.isin(val.labels, group))
+            val_set = ImageSet(
+                val.images[vkeep], specialist_labels(val.labels[vkeep], group, k), []
+            )
+        outputs = len(group) + int(cfg.dustbin)
+
+        def build() -> keras.Model:
+            model = build_model(
+                cfg.arch, num_classes=outputs, width=cfg.width, dropout=cfg.dropout,
+                bn_momentum=cfg.bn_momentum, input_shape=tuple(data.train.images.shape[1:]),
+                name=f"specialist_{m}",
+            )  # fmt: skip
+            if generalist is not None:
+                copy_backbone(generalist, model)
+            return model
+
+        result = train_classifier(
+            build, cfg, batches, val_set, out, seed=recipe.seed + m, augment=None,
+            accel=ctx.accel, strategy=recipe.train.strategy, tensorboard=recipe.train.tensorboard,
+            verbose=ctx.verbose, log=ctx.log,
+        )  # fmt: skip
+        bias = np.zeros(outputs)
+        if cfg.dustbin:
+            share = batches.per_batch_in / batches.batch_size
+            bias[-1] = dustbin_correction(float(in_group.mean()), share)
+        trained = result.model
+        model = keras.Model(
+            trained.inputs, LogitAdjustment(bias, name="prior_correction")(trained.outputs[0]),
+            name=trained.name,
+        )  # fmt: skip
+        probs = predict_probs(model, val.images)
+        stats = model_summary_stats(model)
+        metrics = {
+            "index": m,
+            "classes": [data.class_names[c] for c in group],
+            "indices": list(group),
+            "dustbin": cfg.dustbin,
+            "dustbin_logit_correction": float(bias[-1]) if cfg.dustbin else 0.0,
+            "initialised_from": "generalist" if generalist is not None else "scratch",
+            **specialist_metrics(probs, val.labels, group, k, cfg.dustbin),
+            "params": stats["params"],
+            "macs": stats["macs"],
+            "epochs": len(result.history),
+        }
+        with atomic.atomic_path(out / "model.keras") as tmp:
+            model.save(tmp)
+        atomic.write_json(out / "history.json", result.history)
+        atomic.write_json(out / "metrics.json", metrics)  # written last: marks it finished
+        shutil.rmtree(out / "checkpoint", ignore_errors=True)
+        ctx.log(
+            f"[specialists] {m}: own classes {100 * metrics['own_class_accuracy']:.2f}%, "
+            f"among its classes {100 * metrics['group_accuracy']:.2f}%, "
+            f"dustbin {100 * metrics['dustbin_accuracy']:.2f}%"
+        )
+        return metrics
