@@ -57,6 +57,11 @@ __all__ = ["fuse", "fusion_objective", "membership_matrix", "scatter_specialist"
 # Longest SQUAREM extrapolation, as a multiple of one EM step (the extrapolation
 # coefficient is clamped to [-_MAX_STEP, -1]).
 _MAX_STEP = 1e3
+# Rounding error of an objective difference, relative to the sum of its terms' sizes
+# (8 float32 epsilons).
+_NOISE = 1e-6
+# Floor on the starting weights, so that classes no source names can still receive mass.
+_START_FLOOR = 1e-12
 
 
 def membership_matrix(groups: Sequence[Sequence[int]], num_classes: int) -> np.ndarray:
@@ -171,56 +176,180 @@ def fuse(
     if int(iterations) < 0:
         raise ValueError(f"iterations must be >= 0, got {iterations!r}.")
     g, w, b, act, mem, comp = _prepare(p_general, p_in, p_dust, active, membership, dustbin)
-    num_classes = mem.shape[-1]
-    # D_m: the mass outside S_m (dustbin) or inside it (no-dustbin).
-    dmat = ops.transpose(comp if dustbin else mem)  # (K, M)
-    sign = 1.0 if dustbin else -1.0
+    em = _Em(w, b, mem, comp, dustbin=dustbin, eps=eps)
+    # No-dustbin EM can crawl (a group holding little of q is mostly hidden data), so a
+    # Newton method on that problem's small convex dual proposes answers too.
+    newton = None if dustbin else _DualNewton(g, w, b, mem, eps=eps)
 
-    def em(q):
-        c = b / ops.maximum(ops.matmul(q, dmat), eps)  # (B, M)
-        num = w + q * ops.matmul(c, comp)
-        total = ops.sum(num, axis=-1, keepdims=True)
-        return num / ops.maximum(total, eps)
+    def body(i, q, v, delta):
+        if newton is None:
+            q_new = _squarem_step(em, q, eps)
+        else:
+            q_em = em(q)
+            v, q_dual = newton.step(v)
+            # Ties within float32 resolution go to Newton: near the optimum the objective
+            # is too flat to rank the two, and Newton's q is the sharper one.
+            change, noise = em.gain(q_dual, q_em)
+            keep = ops.logical_and(ops.isfinite(change), change <= noise)
+            keep = ops.logical_and(keep, ops.all(ops.isfinite(q_dual), axis=-1))
+            q_new = ops.where(keep[:, None], q_dual, q_em)
+        return i + 1, q_new, v, ops.max(ops.abs(q_new - q))
 
-    def rel_log(x, y):
-        # log(x / y), accurate when x is close to y (where float32 objectives would cancel).
-        x = ops.maximum(x, eps)
-        y = ops.maximum(y, eps)
-        return ops.log1p((x - y) / y)
-
-    def gain(q_a, q_b):
-        # Objective at q_a minus objective at q_b, summed term by term; <= 0: q_a is better.
-        d_a = ops.matmul(q_a, dmat)
-        d_b = ops.matmul(q_b, dmat)
-        nll = -ops.sum(w * rel_log(q_a, q_b), axis=-1)
-        return nll - sign * ops.sum(b * rel_log(d_a, d_b), axis=-1)
-
-    def body(i, q, delta):
-        q1 = em(q)
-        q2 = em(q1)
-        r = q1 - q
-        v = q2 - 2.0 * q1 + q
-        rr = ops.sum(r * r, axis=-1, keepdims=True)
-        vv = ops.sum(v * v, axis=-1, keepdims=True)
-        alpha = -ops.sqrt(rr / ops.maximum(vv, 1e-30))
-        alpha = ops.clip(alpha, -_MAX_STEP, -1.0)  # -1 gives q2 itself
-        qx = ops.maximum(q - 2.0 * alpha * r + alpha * alpha * v, 0.0)
-        qx = em(qx / ops.maximum(ops.sum(qx, axis=-1, keepdims=True), eps))
-        change = gain(qx, q2)
-        keep = ops.logical_and(ops.isfinite(change), change <= 0.0)
-        keep = ops.logical_and(keep, ops.all(ops.isfinite(qx), axis=-1))
-        q_new = ops.where(keep[:, None], qx, q2)
-        return i + 1, q_new, ops.max(ops.abs(q_new - q))
-
-    def cond(i, q, delta):
+    def cond(i, q, v, delta):
         return ops.logical_and(i < int(iterations), delta >= float(tol))
 
-    q0 = ops.ones_like(g) / float(num_classes)
-    q = em(q0)
-    start = (ops.convert_to_tensor(0, "int32"), q, ops.convert_to_tensor(np.inf, "float32"))
-    _, q, _ = ops.while_loop(cond, body, start)
+    # Start from the observed weights: within a set of classes that every active specialist
+    # treats alike, the optimum is proportional to w, and EM keeps that proportion. A
+    # uniform start would leave EM to find it, slowly where the dustbin mass dwarfs w.
+    q = ops.maximum(w, _START_FLOOR)
+    q = em(q / ops.sum(q, axis=-1, keepdims=True))
+    v = newton.start(g) if newton is not None else ops.zeros_like(b)
+    start = (ops.convert_to_tensor(0, "int32"), q, v, ops.convert_to_tensor(np.inf, "float32"))
+    _, q, _, _ = ops.while_loop(cond, body, start)
     any_active = ops.any(act > 0, axis=-1, keepdims=True)
     return ops.where(any_active, q, g)
+
+
+def _rel_log(x: Any, y: Any, eps: float) -> Any:
+    """log(x / y), accurate when x is close to y (where differences of float32 sums cancel)."""
+    x = ops.maximum(x, eps)
+    y = ops.maximum(y, eps)
+    rel = (x - y) / y
+    near = ops.abs(rel) < 0.5
+    return ops.where(near, ops.log1p(ops.where(near, rel, 0.0)), ops.log(x) - ops.log(y))
+
+
+class _Em:
+    """The EM map of the module docstring, and objective differences, for one batch."""
+
+    def __init__(self, w: Any, b: Any, mem: Any, comp: Any, *, dustbin: bool, eps: float):
+        self.w, self.b, self.comp, self.eps = w, b, comp, eps
+        # D_m: the mass outside S_m (dustbin) or inside it (no-dustbin).
+        self.dmat = ops.transpose(comp if dustbin else mem)  # (K, M)
+        self.sign = 1.0 if dustbin else -1.0
+        # The objective at q / sum(q) is the unnormalised one plus this times log(sum(q)).
+        self.scale_weight = ops.sum(w, axis=-1) + self.sign * ops.sum(b, axis=-1)
+
+    def __call__(self, q: Any) -> Any:
+        c = self.b / ops.maximum(ops.matmul(q, self.dmat), self.eps)  # (B, M)
+        num = self.w + q * ops.matmul(c, self.comp)
+        return num / ops.maximum(ops.sum(num, axis=-1, keepdims=True), self.eps)
+
+    def gain(self, q_a: Any, q_b: Any) -> tuple[Any, Any]:
+        """Objective at q_a minus objective at q_b, summed term by term, and its noise.
+
+        The objective is taken at q / sum(q): float32 rows sum to 1 only within rounding,
+        and the unnormalised objective would reward that rounding. Returns
+        `(change, noise)`, both (B,): q_a is better where `change < -noise`, worse where
+        `change > noise`, and float32 cannot tell in between. Near the optimum the
+        objective is flat in some directions (classes the generalist barely sees), and
+        accepting "better" by less than the noise lets q random-walk along them.
+        """
+        d_a = ops.matmul(q_a, self.dmat)
+        d_b = ops.matmul(q_b, self.dmat)
+        terms_q = self.w * _rel_log(q_a, q_b, self.eps)
+        terms_d = self.b * _rel_log(d_a, d_b, self.eps)
+        scale = _rel_log(
+            ops.sum(q_a, axis=-1, keepdims=True), ops.sum(q_b, axis=-1, keepdims=True), self.eps
+        )
+        change = -ops.sum(terms_q, axis=-1) - self.sign * ops.sum(terms_d, axis=-1)
+        change = change + self.scale_weight * scale[:, 0]
+        size = ops.sum(ops.abs(terms_q), axis=-1) + ops.sum(ops.abs(terms_d), axis=-1)
+        return change, _NOISE * (size + self.scale_weight)
+
+
+def _squarem_step(em: _Em, q: Any, eps: float) -> Any:
+    """One SQUAREM (S3) iteration: never worse than two plain EM steps."""
+    q1 = em(q)
+    q2 = em(q1)
+    r = q1 - q
+    v = q2 - 2.0 * q1 + q
+    rr = ops.sum(r * r, axis=-1, keepdims=True)
+    vv = ops.sum(v * v, axis=-1, keepdims=True)
+    alpha = -ops.sqrt(rr / ops.maximum(vv, 1e-30))
+    alpha = ops.clip(alpha, -_MAX_STEP, -1.0)  # -1 gives q2 itself
+    qx = ops.maximum(q - 2.0 * alpha * r + alpha * alpha * v, 0.0)
+    qx = em(qx / ops.maximum(ops.sum(qx, axis=-1, keepdims=True), eps))
+    change, noise = em.gain(qx, q2)
+    keep = ops.logical_and(ops.isfinite(change), change < -noise)
+    keep = ops.logical_and(keep, ops.all(ops.isfinite(qx), axis=-1))
+    return ops.where(keep[:, None], qx, q2)
+
+
+class _DualNewton:
+    """Damped Newton on the no-dustbin problem's M-dimensional convex dual.
+
+    At the no-dustbin optimum, q_k = w_k / (G + sum_{m: k in S_m} u_m) with u_m = b_m / Q_m
+    and G = sum_k p_g,k. So M numbers fix q, and they solve Q_m(u) = b_m / u_m. With
+    u = exp(v) these are the stationarity conditions of
+
+        Phi(v) = sum_k w_k log(G + sum_{m: k in S_m} exp(v_m)) - sum_m b_m v_m,
+
+    a sum of log-sum-exps minus a linear term: convex in v. Each step solves one (M, M)
+    system per image and takes the longest of a few step lengths along the Newton
+    direction that still lowers Phi. The caller keeps the q it gives only where q is no
+    worse than the EM answer (up to float32 resolution), so the fused objective still
+    never increases.
+    """
+
+    _STEPS = (1.0, 0.9, 0.75, 0.5, 0.25, 0.125, 0.0625, 0.015625, 0.0)
+    _V_MAX = 40.0  # |v| bound: exp(40) ~ 2e17 already makes a group's mass negligible.
+    _MAX_MOVE = 10.0  # longest Newton move in v, in any coordinate.
+
+    def __init__(self, g: Any, w: Any, b: Any, mem: Any, *, eps: float):
+        self.w, self.b, self.mem, self.eps = w, b, mem, eps
+        self.mem_t = ops.transpose(mem)  # (K, M)
+        self.m = mem.shape[0]
+        # pairs[k, m * M + n] = [k in S_m and k in S_n], for the Hessian in one product.
+        self.pairs = ops.reshape(self.mem_t[:, :, None] * self.mem_t[:, None, :], (-1, self.m**2))
+        self.g_total = ops.sum(g, axis=-1, keepdims=True)  # (B, 1)
+        self.live = ops.cast(b > 0.0, "float32")  # active and informative
+        # Added to the Hessian's diagonal: 1 where a specialist is out, a small ridge.
+        self.dead = 1.0 - self.live + 1e-7
+        self.eye = ops.eye(self.m, dtype="float32")[None]
+        self.steps = ops.convert_to_tensor(np.asarray(self._STEPS, np.float32))[None, :, None]
+        self.unmoved = ops.convert_to_tensor(np.arange(len(self._STEPS)) == len(self._STEPS) - 1)
+
+    def start(self, g: Any) -> Any:
+        """v at u_m = b_m / Q_m under q = p_g."""
+        u = self.b / ops.maximum(ops.matmul(g, self.mem_t), self.eps)
+        v = ops.log(ops.maximum(u, self.eps)) * self.live
+        return ops.clip(v, -self._V_MAX, self._V_MAX)
+
+    def step(self, v: Any) -> tuple[Any, Any]:
+        """One damped Newton step; returns the new v and its normalised q."""
+        u = self.live * ops.exp(v)  # (B, M)
+        den = self.g_total + ops.matmul(u, self.mem)  # (B, K)
+        qd = self.w / den  # unnormalised q(v)
+        uq = u * ops.matmul(qd, self.mem_t)  # (B, M)
+        grad = uq - self.b
+        # Hessian: diag(u Q) - (u u^T) * (C diag(q / den) C^T).
+        s = ops.reshape(ops.matmul(qd / den, self.pairs), (-1, self.m, self.m))  # (B, M, M)
+        hess = self.eye * (uq + self.dead)[:, :, None] - u[:, :, None] * u[:, None, :] * s
+        move = -ops.squeeze(ops.solve(hess, grad[:, :, None]), axis=-1) * self.live
+        largest = ops.max(ops.abs(move), axis=-1, keepdims=True)
+        move = move * ops.minimum(1.0, self._MAX_MOVE / ops.maximum(largest, self.eps))
+        move = ops.where(ops.isfinite(move), move, 0.0)
+        # Line search over a few step lengths at once. Phi is convex, so along the move its
+        # slope rises with the step: the longest step whose slope is still <= 0 lowers Phi.
+        # Slopes, unlike differences of Phi, stay accurate in float32 near the optimum.
+        cand = ops.clip(v[:, None, :] + self.steps * move[:, None, :], -self._V_MAX, self._V_MAX)
+        u_t = self.live[:, None, :] * ops.exp(cand)  # (B, T, M)
+        qd_t = self.w[:, None, :] / (self.g_total[:, :, None] + _matmul_3d(u_t, self.mem))
+        grad_t = u_t * _matmul_3d(qd_t, self.mem_t) - self.b[:, None, :]
+        slope = ops.sum(grad_t * move[:, None, :], axis=-1)  # (B, T); NaN compares False
+        ok = ops.logical_or(slope <= 0.0, self.unmoved[None, :])
+        best = ops.argmax(ops.cast(ok, "int32"), axis=1)  # the first, i.e. longest, good step
+        pick = ops.one_hot(best, len(self._STEPS), dtype="float32")[:, :, None]  # (B, T, 1)
+        v_new = ops.sum(cand * pick, axis=1)
+        q_new = ops.sum(qd_t * pick, axis=1)
+        return v_new, q_new / ops.maximum(ops.sum(q_new, axis=-1, keepdims=True), self.eps)
+
+
+def _matmul_3d(x: Any, y: Any) -> Any:
+    """(B, T, M) @ (M, K) as one 2-D product (several times faster than a batched one)."""
+    out = ops.matmul(ops.reshape(x, (-1, x.shape[-1])), y)
+    return ops.reshape(out, (-1, x.shape[1], y.shape[-1]))
 
 
 def fusion_objective(
@@ -261,14 +390,17 @@ def fusion_objective(
 
     logq = log(q)
     kl_g = ops.sum(g * (log(g) - logq), axis=-1)
-    # Per specialist: sum_{j in S_m} p_mj (log p_mj - log q_j), then its own correction.
-    kl_m = ops.sum(p * (log(p) - logq[:, None, :]), axis=-1)  # (B, M)
     if dustbin:
         d = ops.cast(ops.convert_to_tensor(p_dust), "float32")
+        kl_m = ops.sum(p * (log(p) - logq[:, None, :]), axis=-1)  # (B, M)
         kl_m = kl_m + d * (log(d) - log(ops.matmul(q, ops.transpose(comp))))
     else:
-        s = ops.sum(p, axis=-1)
-        kl_m = kl_m + s * log(ops.matmul(q, ops.transpose(mem)))
+        # The conditional (q_j + eps) / (Q_m + |S_m| eps) stays a distribution (so each KL
+        # stays >= 0) even where q puts no mass on S_m.
+        logq_in = ops.log(q + eps)
+        mass = ops.matmul(q, ops.transpose(mem)) + eps * ops.sum(mem, axis=-1)
+        kl_m = ops.sum(p * (log(p) - logq_in[:, None, :]), axis=-1)
+        kl_m = kl_m + ops.sum(p, axis=-1) * ops.log(mass)
     return kl_g + ops.sum(act * kl_m, axis=-1)
 
 
@@ -280,7 +412,8 @@ def _prepare(
     Returns `(g, w, b, active, membership, complement)`. w (B, K) is the observed class
     weight: p_g plus the active specialists' in-group probabilities. b (B, M) is each
     active specialist's hidden mass: its dustbin (dustbin) or its in-group total
-    (no-dustbin).
+    (no-dustbin). `active` comes back as float32, without no-dustbin specialists of one
+    class (they carry no information).
     """
     g = ops.cast(ops.convert_to_tensor(p_general), "float32")
     p = ops.cast(ops.convert_to_tensor(p_in), "float32")
@@ -305,6 +438,11 @@ def _prepare(
             )
     comp = 1.0 - mem
     p = p * mem[None]
+    if not dustbin:
+        # Without a dustbin, a one-class specialist always says "1" and carries no
+        # information (its KL term is 0 for every q). As data it would be all hidden mass,
+        # which only slows EM down, so it is left out.
+        act = act * ops.cast(ops.sum(mem, axis=-1) > 1.5, "float32")[None, :]
     w = g + ops.sum(act[:, :, None] * p, axis=1)
     if dustbin:
         d = ops.cast(ops.convert_to_tensor(p_dust), "float32")
