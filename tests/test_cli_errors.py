@@ -132,3 +132,24 @@ def test_batch_larger_than_training_set(tmp_path, run_dir):
     )
     assert_user_error(proc, "bad.yaml:2: generalist.batch_size", "larger than the 8 training")
     assert not run_dir.exists()
+
+
+def test_more_groups_than_classes_allow(tmp_path, run_dir):
+    data = make_folder(tmp_path / "data", classes=3, per_class=50)
+    proc = train(tmp_path, run_dir, f"data: {{path: folder:{data}}}\ngroups: {{n_groups: 2}}\n")
+    assert_user_error(proc, "bad.yaml:2: groups.n_groups", "need 4 classes; the data has 3")
+    assert not run_dir.exists()
+
+
+def test_explicit_group_with_unknown_class(tmp_path, run_dir):
+    data = make_folder(tmp_path / "data", classes=3, per_class=50)
+    proc = train(tmp_path, run_dir, f"""
+        data: {{path: folder:{data}}}
+        groups:
+          method: explicit
+          explicit:
+            - [class_0, class_1]
+            - [class_1, clas_2]
+    """)  # fmt: skip
+    assert_user_error(proc, "bad.yaml:6: groups.explicit[1][1]", "did you mean 'class_2'")
+    assert not run_dir.exists()

@@ -203,7 +203,7 @@ def fuse(
     # uniform start would leave EM to find it, slowly where the dustbin mass dwarfs w.
     q = ops.maximum(w, _START_FLOOR)
     q = em(q / ops.sum(q, axis=-1, keepdims=True))
-    v = newton.start(g) if newton is not None else ops.zeros_like(b)
+    v = newton.start(q) if newton is not None else ops.zeros_like(b)
     start = (ops.convert_to_tensor(0, "int32"), q, v, ops.convert_to_tensor(np.inf, "float32"))
     _, q, _, _ = ops.while_loop(cond, body, start)
     any_active = ops.any(act > 0, axis=-1, keepdims=True)
@@ -307,12 +307,14 @@ class _DualNewton:
         # Added to the Hessian's diagonal: 1 where a specialist is out, a small ridge.
         self.dead = 1.0 - self.live + 1e-7
         self.eye = ops.eye(self.m, dtype="float32")[None]
+        self.off = 1.0 - self.eye
         self.steps = ops.convert_to_tensor(np.asarray(self._STEPS, np.float32))[None, :, None]
         self.unmoved = ops.convert_to_tensor(np.arange(len(self._STEPS)) == len(self._STEPS) - 1)
 
-    def start(self, g: Any) -> Any:
-        """v at u_m = b_m / Q_m under q = p_g."""
-        u = self.b / ops.maximum(ops.matmul(g, self.mem_t), self.eps)
+    def start(self, q: Any) -> Any:
+        """v at u_m = b_m / Q_m under q (the EM start, which gives every group at least its
+        own specialist's weight, so u stays O(1))."""
+        u = self.b / ops.maximum(ops.matmul(q, self.mem_t), self.eps)
         v = ops.log(ops.maximum(u, self.eps)) * self.live
         return ops.clip(v, -self._V_MAX, self._V_MAX)
 
@@ -323,9 +325,17 @@ class _DualNewton:
         qd = self.w / den  # unnormalised q(v)
         uq = u * ops.matmul(qd, self.mem_t)  # (B, M)
         grad = uq - self.b
-        # Hessian: diag(u Q) - (u u^T) * (C diag(q / den) C^T).
-        s = ops.reshape(ops.matmul(qd / den, self.pairs), (-1, self.m, self.m))  # (B, M, M)
-        hess = self.eye * (uq + self.dead)[:, :, None] - u[:, :, None] * u[:, None, :] * s
+        # Hessian: diag(u Q) - (u u^T) * (C diag(q / den) C^T). Its diagonal is a difference
+        # of near-equal terms where u_m dominates den, so it is computed in closed form:
+        # sum_{k in S_m} u_m q_k (den_k - u_m) / den_k, with den_k - u_m = G + the other u's.
+        t = qd / den  # (B, K)
+        s = ops.reshape(ops.matmul(t, self.pairs), (-1, self.m, self.m))  # (B, M, M)
+        others = _matmul_3d(u[:, None, :] * self.off, self.mem)  # (B, M, K): sum_{n != m}
+        rest = ops.matmul(t, self.mem_t) * self.g_total + ops.sum(
+            self.mem[None] * t[:, None, :] * others, axis=-1
+        )
+        diag = u * rest + self.dead
+        hess = self.eye * diag[:, :, None] - self.off * (u[:, :, None] * u[:, None, :] * s)
         move = -ops.squeeze(ops.solve(hess, grad[:, :, None]), axis=-1) * self.live
         largest = ops.max(ops.abs(move), axis=-1, keepdims=True)
         move = move * ops.minimum(1.0, self._MAX_MOVE / ops.maximum(largest, self.eps))

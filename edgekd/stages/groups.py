@@ -46,6 +46,12 @@ class GroupsStage(Stage):
     def check(self, recipe: Recipe, data: PreparedData) -> None:
         if recipe.groups.method == "explicit":
             explicit_groups(recipe, data.class_names)
+        n, k = recipe.groups.n_groups, len(data.class_names)
+        if isinstance(n, int) and 2 * n > k:
+            raise recipe.error(
+                "groups.n_groups",
+                f"{n} groups of at least 2 classes need {2 * n} classes; the data has {k}",
+            )
         if len(data.val) == 0 and recipe.groups.method != "explicit":
             raise recipe.error(
                 "data.val_fraction", "automatic groups need validation images; raise it above 0"
@@ -65,9 +71,12 @@ class GroupsStage(Stage):
                 if cfg.method == "confusion"
                 else covariance_affinity(probs)
             )
-            groups = find_groups(
-                affinity, cfg.n_groups, overlap=cfg.overlap, max_group_size=cfg.max_group_size
-            )
+            try:
+                groups = find_groups(
+                    affinity, cfg.n_groups, overlap=cfg.overlap, max_group_size=cfg.max_group_size
+                )
+            except ValueError as exc:
+                raise recipe.error("groups", str(exc)) from None
         captured = captured_mass(confusion, groups) if groups else 0.0
         for i, group in enumerate(groups):
             ctx.log(f"[groups] specialist {i}: {', '.join(names[k] for k in group)}")

@@ -142,7 +142,7 @@ class SpecialistsStage(Stage):
             verbose=ctx.verbose, log=ctx.log,
         )  # fmt: skip
         bias = np.zeros(outputs)
-        if cfg.dustbin:
+        if cfg.dustbin and not in_group.all():  # a group of every class has an empty dustbin
             share = batches.per_batch_in / batches.batch_size
             bias[-1] = dustbin_correction(float(in_group.mean()), share)
         trained = result.model
