@@ -62,6 +62,13 @@ _MAX_STEP = 1e3
 _NOISE = 1e-6
 # Floor on the starting weights, so that classes no source names can still receive mass.
 _START_FLOOR = 1e-12
+# A Newton line search accepts a step whose slope has the wrong sign by at most this
+# fraction of the slope at the start (rounding near the optimum, where a full step lands
+# on a slope ~0 of either sign).
+_SLOPE_SLACK = 1e-3
+import os
+
+SQ = os.environ.get("FZ_SQ", "1") == "1"
 
 
 def membership_matrix(groups: Sequence[Sequence[int]], num_classes: int) -> np.ndarray:
@@ -177,22 +184,23 @@ def fuse(
         raise ValueError(f"iterations must be >= 0, got {iterations!r}.")
     g, w, b, act, mem, comp = _prepare(p_general, p_in, p_dust, active, membership, dustbin)
     em = _Em(w, b, mem, comp, dustbin=dustbin, eps=eps)
-    # No-dustbin EM can crawl (a group holding little of q is mostly hidden data), so a
-    # Newton method on that problem's small convex dual proposes answers too.
-    newton = None if dustbin else _DualNewton(g, w, b, mem, eps=eps)
+    # EM alone can crawl where much of the data is hidden, so each iteration a Newton
+    # method proposes a q too, and the better of the two goes on.
+    if dustbin:
+        newton = _PrimalNewton(w, b, comp, eps=eps)
+    else:
+        newton = _DualNewton(g, w, b, mem, eps=eps)
 
     def body(i, q, v, delta):
-        if newton is None:
-            q_new = _squarem_step(em, q, eps)
-        else:
-            q_em = em(q)
-            v, q_dual = newton.step(v)
-            # Ties within float32 resolution go to Newton: near the optimum the objective
-            # is too flat to rank the two, and Newton's q is the sharper one.
-            change, noise = em.gain(q_dual, q_em)
-            keep = ops.logical_and(ops.isfinite(change), change <= noise)
-            keep = ops.logical_and(keep, ops.all(ops.isfinite(q_dual), axis=-1))
-            q_new = ops.where(keep[:, None], q_dual, q_em)
+        q_em = _squarem_step(em, q, eps) if SQ else em(q)
+        v, q_newton, moved = newton.step(v, q)
+        # Ties within float32 resolution go to a Newton step that moved: near the optimum
+        # the objective is too flat to rank the two, and Newton's q is the sharper one.
+        change, noise = em.gain(q_newton, q_em)
+        tie_ok = ops.logical_and(moved, change <= noise)
+        keep = ops.logical_and(ops.isfinite(change), ops.logical_or(change < -noise, tie_ok))
+        keep = ops.logical_and(keep, ops.all(ops.isfinite(q_newton), axis=-1))
+        q_new = ops.where(keep[:, None], q_newton, q_em)
         return i + 1, q_new, v, ops.max(ops.abs(q_new - q))
 
     def cond(i, q, v, delta):
@@ -203,7 +211,7 @@ def fuse(
     # uniform start would leave EM to find it, slowly where the dustbin mass dwarfs w.
     q = ops.maximum(w, _START_FLOOR)
     q = em(q / ops.sum(q, axis=-1, keepdims=True))
-    v = newton.start(q) if newton is not None else ops.zeros_like(b)
+    v = newton.start(q)
     start = (ops.convert_to_tensor(0, "int32"), q, v, ops.convert_to_tensor(np.inf, "float32"))
     _, q, _, _ = ops.while_loop(cond, body, start)
     any_active = ops.any(act > 0, axis=-1, keepdims=True)
@@ -276,6 +284,79 @@ def _squarem_step(em: _Em, q: Any, eps: float) -> Any:
     return ops.where(keep[:, None], qx, q2)
 
 
+class _PrimalNewton:
+    """Damped Newton on the dustbin problem, in q, on the simplex.
+
+    The dustbin objective L(q) = sum_k w_k log q_k + sum_m b_m log R_m (R_m: the mass
+    outside S_m) is concave, with negative Hessian H = diag(w / q^2) + T^T diag(b / R^2) T
+    (T: the (M, K) complement indicators). That is a diagonal plus rank M, so each step
+    solves one (M, M) system per image (Woodbury) for the Newton move on sum(q) = 1. The
+    diagonal's inverse q^2 / w stays finite because q is proportional to w within each
+    set of classes the active specialists treat alike (the EM start and EM keep that).
+    Classes with w = 0 do not move (EM moves them). The step is the longest of a few
+    lengths that keeps q > 0 and along which L still rises (L is concave, so its slope
+    along the move falls with the step; slopes stay accurate in float32).
+    """
+
+    _STEPS = (1.0, 0.9, 0.75, 0.5, 0.25, 0.125, 0.0625, 0.015625, 0.0)
+
+    def __init__(self, w: Any, b: Any, comp: Any, *, eps: float):
+        self.w, self.b, self.comp, self.eps = w, b, comp, eps
+        self.comp_t = ops.transpose(comp)  # (K, M)
+        self.m = comp.shape[0]
+        self.seen = ops.cast(w > 0.0, "float32")
+        self.eye = ops.eye(self.m, dtype="float32")[None]
+        self.pairs = ops.reshape(self.comp_t[:, :, None] * self.comp_t[:, None, :], (-1, self.m**2))
+        self.steps = ops.convert_to_tensor(np.asarray(self._STEPS, np.float32))[None, :, None]
+        self.unmoved = ops.convert_to_tensor(np.arange(len(self._STEPS)) == len(self._STEPS) - 1)
+
+    def start(self, q: Any) -> Any:
+        """No state of its own: a placeholder of shape (B, M)."""
+        return ops.zeros_like(self.b)
+
+    def step(self, v: Any, q: Any) -> tuple[Any, Any]:
+        """One damped Newton step from q; returns v unchanged and the new q."""
+        rest = ops.maximum(ops.matmul(q, self.comp_t), self.eps)  # R (B, M)
+        pull = ops.matmul(self.b / rest, self.comp)  # sum_m T_mk b_m / R_m  (B, K)
+        dinv = self.seen * q * q / ops.maximum(self.w, 1e-37)  # H's diagonal, inverted
+        sigma = ops.sqrt(self.b) / rest  # (B, M); 0 for specialists that are out
+        # H^-1 applied to the gradient and to 1, via Woodbury: the (M, M) system is
+        # I + sigma sigma^T * (T diag(dinv) T^T).
+        y = ops.stack([self.seen * q + dinv * pull, dinv], axis=1)  # (B, 2, K)
+        cap = ops.reshape(ops.matmul(dinv, self.pairs), (-1, self.m, self.m))
+        cap = self.eye + sigma[:, :, None] * sigma[:, None, :] * cap
+        z = sigma[:, None, :] * _matmul_3d(y, self.comp_t)  # (B, 2, M)
+        sol = ops.swapaxes(ops.solve(cap, ops.swapaxes(z, 1, 2)), 1, 2)  # (B, 2, M)
+        h = y - dinv[:, None, :] * _matmul_3d(sigma[:, None, :] * sol, self.comp)  # (B, 2, K)
+        h_grad, h_one = h[:, 0], h[:, 1]
+        nu = ops.sum(h_grad, axis=-1, keepdims=True) / ops.maximum(
+            ops.sum(h_one, axis=-1, keepdims=True), self.eps
+        )
+        move = h_grad - nu * h_one
+        move = ops.where(ops.isfinite(move), move, 0.0) * self.seen
+        # Rounding leaves sum(move) ~1e-8 off zero; the slopes below are taken with the
+        # gradient centred, so that this drift (times a gradient ~ W) does not swamp them.
+        # Line search: the longest step that keeps q > 0 where w > 0 and L rising.
+        cand = q[:, None, :] + self.steps * move[:, None, :]  # (B, T, K)
+        positive = ops.all(ops.logical_or(cand > 0.0, self.seen[:, None, :] == 0.0), axis=-1)
+        cand = ops.maximum(cand, 0.0)
+        rest_t = ops.maximum(_matmul_3d(cand, self.comp_t), self.eps)  # (B, T, M)
+        grad_t = self.w[:, None, :] / ops.maximum(cand, 1e-37) + _matmul_3d(
+            self.b[:, None, :] / rest_t, self.comp
+        )
+        grad_t = (
+            grad_t
+            - ops.sum(grad_t * self.seen[:, None, :], axis=-1, keepdims=True)
+            / (ops.maximum(ops.sum(self.seen, axis=-1, keepdims=True), 1.0)[:, None, :])
+        )
+        slope = ops.sum(grad_t * move[:, None, :], axis=-1)  # (B, T); NaN compares False
+        ok = ops.logical_and(positive, slope >= -_SLOPE_SLACK * ops.abs(slope[:, -1:]))
+        best, moved = _longest_ok(ok, self.unmoved)
+        pick = ops.one_hot(best, len(self._STEPS), dtype="float32")[:, :, None]
+        q_new = ops.sum(cand * pick, axis=1)
+        return v, q_new / ops.maximum(ops.sum(q_new, axis=-1, keepdims=True), self.eps), moved
+
+
 class _DualNewton:
     """Damped Newton on the no-dustbin problem's M-dimensional convex dual.
 
@@ -318,8 +399,8 @@ class _DualNewton:
         v = ops.log(ops.maximum(u, self.eps)) * self.live
         return ops.clip(v, -self._V_MAX, self._V_MAX)
 
-    def step(self, v: Any) -> tuple[Any, Any]:
-        """One damped Newton step; returns the new v and its normalised q."""
+    def step(self, v: Any, q: Any) -> tuple[Any, Any]:
+        """One damped Newton step from v (q is not used); returns the new v and its q."""
         u = self.live * ops.exp(v)  # (B, M)
         den = self.g_total + ops.matmul(u, self.mem)  # (B, K)
         qd = self.w / den  # unnormalised q(v)
@@ -348,12 +429,20 @@ class _DualNewton:
         qd_t = self.w[:, None, :] / (self.g_total[:, :, None] + _matmul_3d(u_t, self.mem))
         grad_t = u_t * _matmul_3d(qd_t, self.mem_t) - self.b[:, None, :]
         slope = ops.sum(grad_t * move[:, None, :], axis=-1)  # (B, T); NaN compares False
-        ok = ops.logical_or(slope <= 0.0, self.unmoved[None, :])
-        best = ops.argmax(ops.cast(ok, "int32"), axis=1)  # the first, i.e. longest, good step
+        ok = slope <= _SLOPE_SLACK * ops.abs(slope[:, -1:])
+        best, moved = _longest_ok(ok, self.unmoved)
         pick = ops.one_hot(best, len(self._STEPS), dtype="float32")[:, :, None]  # (B, T, 1)
         v_new = ops.sum(cand * pick, axis=1)
         q_new = ops.sum(qd_t * pick, axis=1)
-        return v_new, q_new / ops.maximum(ops.sum(q_new, axis=-1, keepdims=True), self.eps)
+        return v_new, q_new / ops.maximum(ops.sum(q_new, axis=-1, keepdims=True), self.eps), moved
+
+
+def _longest_ok(ok: Any, unmoved: Any) -> tuple[Any, Any]:
+    """Index of the first (longest) acceptable step per row, the unmoved one as a fallback,
+    and whether the row moved."""
+    ok = ops.logical_or(ok, unmoved[None, :])
+    best = ops.argmax(ops.cast(ok, "int32"), axis=1)
+    return best, best < unmoved.shape[0] - 1
 
 
 def _matmul_3d(x: Any, y: Any) -> Any:
