@@ -54,9 +54,6 @@ from keras import ops
 
 __all__ = ["fuse", "fusion_objective", "membership_matrix", "scatter_specialist"]
 
-# Longest SQUAREM extrapolation, as a multiple of one EM step (the extrapolation
-# coefficient is clamped to [-_MAX_STEP, -1]).
-_MAX_STEP = 1e3
 # Rounding error of an objective difference, relative to the sum of its terms' sizes
 # (8 float32 epsilons).
 _NOISE = 1e-6
@@ -66,9 +63,8 @@ _START_FLOOR = 1e-12
 # fraction of the slope at the start (rounding near the optimum, where a full step lands
 # on a slope ~0 of either sign).
 _SLOPE_SLACK = 1e-3
-import os
-
-SQ = os.environ.get("FZ_SQ", "1") == "1"
+# Ridge added to the unit-diagonal Newton systems, so that they stay invertible in float32.
+_RIDGE = 1e-6
 
 
 def membership_matrix(groups: Sequence[Sequence[int]], num_classes: int) -> np.ndarray:
@@ -143,7 +139,7 @@ def fuse(
     *,
     dustbin: bool = True,
     iterations: int = 100,
-    tol: float = 1e-7,
+    tol: float = 1e-6,
     eps: float = 1e-12,
 ) -> Any:
     """Fuse the generalist's and the active specialists' distributions into one.
@@ -186,13 +182,10 @@ def fuse(
     em = _Em(w, b, mem, comp, dustbin=dustbin, eps=eps)
     # EM alone can crawl where much of the data is hidden, so each iteration a Newton
     # method proposes a q too, and the better of the two goes on.
-    if dustbin:
-        newton = _PrimalNewton(w, b, comp, eps=eps)
-    else:
-        newton = _DualNewton(g, w, b, mem, eps=eps)
+    newton = _PrimalNewton(w, b, comp, eps=eps) if dustbin else _DualNewton(g, w, b, mem, eps=eps)
 
-    def body(i, q, v, delta):
-        q_em = _squarem_step(em, q, eps) if SQ else em(q)
+    def body(i, q, v, done):
+        q_em = em(q)
         v, q_newton, moved = newton.step(v, q)
         # Ties within float32 resolution go to a Newton step that moved: near the optimum
         # the objective is too flat to rank the two, and Newton's q is the sharper one.
@@ -201,10 +194,14 @@ def fuse(
         keep = ops.logical_and(ops.isfinite(change), ops.logical_or(change < -noise, tie_ok))
         keep = ops.logical_and(keep, ops.all(ops.isfinite(q_newton), axis=-1))
         q_new = ops.where(keep[:, None], q_newton, q_em)
-        return i + 1, q_new, v, ops.max(ops.abs(q_new - q))
+        # A row that moved less than tol is done and stays put (float32 jitter of a few
+        # ulps would otherwise keep the whole batch iterating).
+        q_new = ops.where(done[:, None], q, q_new)
+        done = ops.logical_or(done, ops.max(ops.abs(q_new - q), axis=-1) < float(tol))
+        return i + 1, q_new, v, done
 
-    def cond(i, q, v, delta):
-        return ops.logical_and(i < int(iterations), delta >= float(tol))
+    def cond(i, q, v, done):
+        return ops.logical_and(i < int(iterations), ops.logical_not(ops.all(done)))
 
     # Start from the observed weights: within a set of classes that every active specialist
     # treats alike, the optimum is proportional to w, and EM keeps that proportion. A
@@ -212,7 +209,7 @@ def fuse(
     q = ops.maximum(w, _START_FLOOR)
     q = em(q / ops.sum(q, axis=-1, keepdims=True))
     v = newton.start(q)
-    start = (ops.convert_to_tensor(0, "int32"), q, v, ops.convert_to_tensor(np.inf, "float32"))
+    start = (ops.convert_to_tensor(0, "int32"), q, v, ops.zeros_like(b[:, 0]) > 1.0)
     _, q, _, _ = ops.while_loop(cond, body, start)
     any_active = ops.any(act > 0, axis=-1, keepdims=True)
     return ops.where(any_active, q, g)
@@ -266,24 +263,6 @@ class _Em:
         return change, _NOISE * (size + self.scale_weight)
 
 
-def _squarem_step(em: _Em, q: Any, eps: float) -> Any:
-    """One SQUAREM (S3) iteration: never worse than two plain EM steps."""
-    q1 = em(q)
-    q2 = em(q1)
-    r = q1 - q
-    v = q2 - 2.0 * q1 + q
-    rr = ops.sum(r * r, axis=-1, keepdims=True)
-    vv = ops.sum(v * v, axis=-1, keepdims=True)
-    alpha = -ops.sqrt(rr / ops.maximum(vv, 1e-30))
-    alpha = ops.clip(alpha, -_MAX_STEP, -1.0)  # -1 gives q2 itself
-    qx = ops.maximum(q - 2.0 * alpha * r + alpha * alpha * v, 0.0)
-    qx = em(qx / ops.maximum(ops.sum(qx, axis=-1, keepdims=True), eps))
-    change, noise = em.gain(qx, q2)
-    keep = ops.logical_and(ops.isfinite(change), change < -noise)
-    keep = ops.logical_and(keep, ops.all(ops.isfinite(qx), axis=-1))
-    return ops.where(keep[:, None], qx, q2)
-
-
 class _PrimalNewton:
     """Damped Newton on the dustbin problem, in q, on the simplex.
 
@@ -326,7 +305,7 @@ class _PrimalNewton:
         cap = ops.reshape(ops.matmul(dinv, self.pairs), (-1, self.m, self.m))
         cap = self.eye + sigma[:, :, None] * sigma[:, None, :] * cap
         z = sigma[:, None, :] * _matmul_3d(y, self.comp_t)  # (B, 2, M)
-        sol = ops.swapaxes(ops.solve(cap, ops.swapaxes(z, 1, 2)), 1, 2)  # (B, 2, M)
+        sol = ops.swapaxes(_solve_spd(cap, ops.swapaxes(z, 1, 2)), 1, 2)  # (B, 2, M)
         h = y - dinv[:, None, :] * _matmul_3d(sigma[:, None, :] * sol, self.comp)  # (B, 2, K)
         h_grad, h_one = h[:, 0], h[:, 1]
         nu = ops.sum(h_grad, axis=-1, keepdims=True) / ops.maximum(
@@ -417,7 +396,7 @@ class _DualNewton:
         )
         diag = u * rest + self.dead
         hess = self.eye * diag[:, :, None] - self.off * (u[:, :, None] * u[:, None, :] * s)
-        move = -ops.squeeze(ops.solve(hess, grad[:, :, None]), axis=-1) * self.live
+        move = -ops.squeeze(_solve_spd(hess, grad[:, :, None]), axis=-1) * self.live
         largest = ops.max(ops.abs(move), axis=-1, keepdims=True)
         move = move * ops.minimum(1.0, self._MAX_MOVE / ops.maximum(largest, self.eps))
         move = ops.where(ops.isfinite(move), move, 0.0)
@@ -435,6 +414,25 @@ class _DualNewton:
         v_new = ops.sum(cand * pick, axis=1)
         q_new = ops.sum(qd_t * pick, axis=1)
         return v_new, q_new / ops.maximum(ops.sum(q_new, axis=-1, keepdims=True), self.eps), moved
+
+
+def _solve_spd(a: Any, rhs: Any) -> Any:
+    """Solve a batch of symmetric positive (semi-)definite systems without ever raising.
+
+    TensorFlow's solver raises on a singular matrix, and extreme inputs can make these
+    matrices overflow or lose rank in float32. So each matrix is scaled to unit diagonal,
+    given a small ridge, and replaced by the identity where it is not finite; a solution
+    that is not finite comes back as 0 (the caller's line search then stays put).
+    """
+    diag = ops.diagonal(a, axis1=1, axis2=2)  # (B, M)
+    scale = 1.0 / ops.sqrt(ops.maximum(diag, 1e-30))
+    eye = ops.eye(a.shape[-1], dtype="float32")[None]
+    a_n = a * scale[:, :, None] * scale[:, None, :] + _RIDGE * eye
+    finite = ops.all(ops.isfinite(a_n), axis=(1, 2))[:, None, None]
+    a_n = ops.where(finite, a_n, eye)
+    x = ops.solve(a_n, ops.where(ops.isfinite(rhs), rhs, 0.0) * scale[:, :, None])
+    x = x * scale[:, :, None]
+    return ops.where(ops.isfinite(x), x, 0.0)
 
 
 def _longest_ok(ok: Any, unmoved: Any) -> tuple[Any, Any]:
