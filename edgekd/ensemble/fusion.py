@@ -30,14 +30,28 @@ objective is concave in q and has one optimum. The no-dustbin objective is not c
 in q, but it is concave in the logits z = log q (sum w_k z_k - logsumexp(z) terms), so it
 has one optimum too, and EM reaches it.
 
-Plain EM is slow when a lot of information is hidden: a large dustbin over classes the
-generalist barely sees, or a specialist whose group holds little of q. On random small
-cases it took up to ~800 (dustbin) and beyond 10^5 (no-dustbin) iterations to get within
-1e-5 of the optimum. `fuse` therefore accelerates the EM map with SQUAREM (Varadhan and
-Roland, 2008, scheme S3). Each iteration takes two EM steps, extrapolates along them,
-takes one EM step from the extrapolated point, and keeps that point only where it does
-not lose to the second plain EM step. Each iteration is thus at least as good as two EM
-steps, and the objective never increases.
+It needs no step size and never increases the objective (standard EM), but it crawls
+where much of the data is hidden: a big dustbin over classes the generalist barely sees,
+or a group that holds little of q. On random small cases plain EM took up to ~800
+(dustbin) and more than 10^5 (no-dustbin) iterations to get within 1e-5 of the optimum.
+Two things make `fuse` fast:
+
+- The start. Classes that every active specialist treats alike (same side of every
+  active group) end up in proportion to w at the optimum, and EM keeps that proportion.
+  So EM starts from w itself, not from uniform: that removes EM's slowest directions.
+- A Newton proposal in every iteration, next to the EM step; the better of the two goes
+  on (ties within float32 resolution go to Newton, which is the sharper near the
+  optimum), so the objective still never increases.
+  - Dustbin: Newton on q itself. The Hessian is diagonal plus rank M, so one (M, M)
+    system per image gives the move on the simplex (`_PrimalNewton`).
+  - No-dustbin: Newton on M numbers. At the optimum
+    q_k = w_k / (G + sum_{m: k in S_m} u_m), with G = sum_k p_g,k and u_m = s_m / Q_m,
+    and v = log u minimises a convex function of M variables (`_DualNewton`).
+
+On 480 random cases (K 3..10, M 1..4, Dirichlet inputs with concentration 0.1..3) q was
+within 1e-5 of a brute-force optimum after at most 15 iterations (median 0 to 2), and
+after the default run within 2e-6. On peaky, softmax-like generalists (K up to 20, M up
+to 6) it took at most 10.
 
 Everything is batched. Each row is one image; M is the number of specialists; inactive
 specialists are masked out. The computations are `keras.ops` matrix products over
@@ -138,18 +152,27 @@ def fuse(
     membership: Any,
     *,
     dustbin: bool = True,
-    iterations: int = 100,
+    iterations: int = 50,
     tol: float = 1e-6,
     eps: float = 1e-12,
 ) -> Any:
     """Fuse the generalist's and the active specialists' distributions into one.
 
-    Returns the q that minimises
-    `KL(p_g || q) + sum_{m active} KL(p_m || A_m q)` (see the module docstring). The
-    solver is EM accelerated by SQUAREM: no step size, and the objective never increases.
-    It starts from the uniform distribution and takes one EM step. It then runs up to
-    `iterations` SQUAREM iterations (three EM steps each), and stops early once no entry
-    of q moves by `tol` or more in an iteration.
+    Returns the q that minimises `KL(p_g || q) + sum_{m active} KL(p_m || A_m q)` (see
+    the module docstring for the solver). The solver starts with one EM step from the
+    observed weights. Each iteration then takes an EM step and a Newton step and keeps
+    the better; the objective never increases from one iteration to the next. A row stops
+    once no entry of its q moves by `tol` or more in an iteration; the loop stops when
+    every row has stopped, or after `iterations`.
+
+    Example:
+
+    ```python
+    mem = membership_matrix([[0, 1], [2, 3]], 4)
+    active = gate(p_general, mem, top_n=2)
+    ins, dusts = zip(*(scatter_specialist(p, grp, 4) for p, grp in zip(outs, groups)))
+    q = fuse(p_general, ops.stack(ins, 1), ops.stack(dusts, 1), active, mem)
+    ```
 
     Args:
         p_general: tensor (B, K). The generalist's class probabilities.
@@ -162,11 +185,11 @@ def fuse(
         dustbin: bool. Which variant: specialists with a dustbin output (True), or
             specialists that output a distribution over their own group only (False).
             Defaults to True.
-        iterations: int >= 0. Most SQUAREM iterations. Defaults to 100; on random cases
-            the answer was within 1e-5 of the optimum after at most ~50 (see
-            tests/test_fusion.py).
-        tol: float. Stop early once max |q_new - q| over the batch is below `tol`. Pass 0
-            to always run `iterations`. Defaults to 1e-7.
+        iterations: int >= 0. Most iterations. Defaults to 50. On the test cases at most
+            15 were needed to get within 1e-5 of the optimum; 0 returns the EM start.
+        tol: float. A row stops once max_k |q_new - q| < tol. Below ~2e-7 float32 jitter
+            (a few ulps) can keep rows going until `iterations`; 0 always runs
+            `iterations`. Defaults to 1e-6.
         eps: float. Floor inside logarithms and denominators. Defaults to 1e-12.
 
     Returns:
@@ -293,8 +316,9 @@ class _PrimalNewton:
         """No state of its own: a placeholder of shape (B, M)."""
         return ops.zeros_like(self.b)
 
-    def step(self, v: Any, q: Any) -> tuple[Any, Any]:
-        """One damped Newton step from q; returns v unchanged and the new q."""
+    def step(self, v: Any, q: Any) -> tuple[Any, Any, Any]:
+        """One damped Newton step from q; returns v unchanged, the new q, and (B,) whether
+        the step moved."""
         rest = ops.maximum(ops.matmul(q, self.comp_t), self.eps)  # R (B, M)
         pull = ops.matmul(self.b / rest, self.comp)  # sum_m T_mk b_m / R_m  (B, K)
         dinv = self.seen * q * q / ops.maximum(self.w, 1e-37)  # H's diagonal, inverted
@@ -313,8 +337,6 @@ class _PrimalNewton:
         )
         move = h_grad - nu * h_one
         move = ops.where(ops.isfinite(move), move, 0.0) * self.seen
-        # Rounding leaves sum(move) ~1e-8 off zero; the slopes below are taken with the
-        # gradient centred, so that this drift (times a gradient ~ W) does not swamp them.
         # Line search: the longest step that keeps q > 0 where w > 0 and L rising.
         cand = q[:, None, :] + self.steps * move[:, None, :]  # (B, T, K)
         positive = ops.all(ops.logical_or(cand > 0.0, self.seen[:, None, :] == 0.0), axis=-1)
@@ -323,6 +345,8 @@ class _PrimalNewton:
         grad_t = self.w[:, None, :] / ops.maximum(cand, 1e-37) + _matmul_3d(
             self.b[:, None, :] / rest_t, self.comp
         )
+        # Rounding leaves sum(move) ~1e-8 off zero; the gradient is centred so that this
+        # drift (times a gradient ~ W) does not swamp slopes that are ~0 near the optimum.
         grad_t = (
             grad_t
             - ops.sum(grad_t * self.seen[:, None, :], axis=-1, keepdims=True)
@@ -364,8 +388,8 @@ class _DualNewton:
         self.pairs = ops.reshape(self.mem_t[:, :, None] * self.mem_t[:, None, :], (-1, self.m**2))
         self.g_total = ops.sum(g, axis=-1, keepdims=True)  # (B, 1)
         self.live = ops.cast(b > 0.0, "float32")  # active and informative
-        # Added to the Hessian's diagonal: 1 where a specialist is out, a small ridge.
-        self.dead = 1.0 - self.live + 1e-7
+        # Added to the Hessian's diagonal: 1 where a specialist is out.
+        self.dead = 1.0 - self.live
         self.eye = ops.eye(self.m, dtype="float32")[None]
         self.off = 1.0 - self.eye
         self.steps = ops.convert_to_tensor(np.asarray(self._STEPS, np.float32))[None, :, None]
@@ -378,8 +402,9 @@ class _DualNewton:
         v = ops.log(ops.maximum(u, self.eps)) * self.live
         return ops.clip(v, -self._V_MAX, self._V_MAX)
 
-    def step(self, v: Any, q: Any) -> tuple[Any, Any]:
-        """One damped Newton step from v (q is not used); returns the new v and its q."""
+    def step(self, v: Any, q: Any) -> tuple[Any, Any, Any]:
+        """One damped Newton step from v (q is not used); returns the new v, its q, and
+        (B,) whether the step moved."""
         u = self.live * ops.exp(v)  # (B, M)
         den = self.g_total + ops.matmul(u, self.mem)  # (B, K)
         qd = self.w / den  # unnormalised q(v)
