@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekd.data import ImageSet, SourceSpec, load_source, parse_source, stratified_split
+from edgekd.errors import DataError
 from edgekd.recipe import DataConfig, Recipe, _unknown
 
 
@@ -78,8 +79,6 @@ def align_classes(images: ImageSet, class_names: list[str], where: str) -> Image
     index = {name: i for i, name in enumerate(class_names)}
     unknown = [c for c in images.class_names if c not in index]
     if unknown:
-        from edgekd.errors import DataError
-
         raise DataError(
             f"{where}: class {unknown[0]!r} is not one of the run's classes "
             f"({', '.join(class_names)})"

@@ -164,11 +164,12 @@ def evaluate_run(run_path: str, data_spec: str | None = None, split: str = "val"
         described = f"{'validation' if split == 'val' else 'test'} split of {prepared.source}"
     results: dict[str, Evaluation] = {}
     about: dict[str, dict[str, str]] = {}
+    stage_probs: dict[str, np.ndarray] = {}
     for stage, rec in run.manifest.get("stages", {}).items():
         if rec.get("status") != "done" or "model" not in rec.get("artifacts", {}):
             continue
         model = keras.models.load_model(run.artifact(stage, "model"), compile=False)
-        probs = predict_probs(model, images.images)
+        probs = stage_probs[stage] = predict_probs(model, images.images)
         results[stage] = Evaluation.from_probs(probs, images.labels, class_names)
         cfg = run.manifest["recipe"].get(stage, {})
         metrics = rec.get("metrics", {})
@@ -183,7 +184,7 @@ def evaluate_run(run_path: str, data_spec: str | None = None, split: str = "val"
         from edgekd.stages.specialists import specialist_metrics
 
         ensemble = load_gated_ensemble(run.path)
-        output = ensemble.predict(images.images)
+        output = ensemble.predict(images.images, general=stage_probs.get("generalist"))
         results["ensemble"] = Evaluation.from_probs(output.probs, images.labels, class_names)
         ens = run.stage("ensemble").metrics
         about["ensemble"] = {

@@ -45,6 +45,8 @@ def test_gathered_equals_dense(ensemble, images):
     np.testing.assert_allclose(out.probs, dense, atol=1e-6)
     np.testing.assert_array_equal(out.active, active)
     np.testing.assert_allclose(out.probs.sum(1), 1.0, atol=1e-5)
+    # Precomputed generalist probabilities give the same answer without rerunning it.
+    np.testing.assert_allclose(ensemble.predict(images, general=general).probs, out.probs)
 
 
 def test_confident_generalist_wakes_nobody(ensemble, images):

@@ -66,9 +66,14 @@ class GatedEnsemble:
             raise ValueError(f"{len(self.specialists)} specialists for {len(self.groups)} groups")
         self.membership = membership_matrix(self.groups, self.num_classes)
 
-    def predict(self, images: np.ndarray) -> EnsembleOutput:
-        """Fused class probabilities for uint8/float pixel images (N, H, W, 3)."""
-        general = predict_probs(self.generalist, images, self.batch_size)
+    def predict(self, images: np.ndarray, general: np.ndarray | None = None) -> EnsembleOutput:
+        """Fused class probabilities for uint8/float pixel images (N, H, W, 3).
+
+        `general` may carry the generalist's probabilities for these images when the caller
+        already has them; the generalist is then not run again.
+        """
+        if general is None:
+            general = predict_probs(self.generalist, images, self.batch_size)
         n, m, k = len(images), len(self.groups), self.num_classes
         if m == 0 or n == 0:
             return EnsembleOutput(general, general, np.zeros((n, m), np.float32))
