@@ -36,3 +36,60 @@ class SparseCrossentropy(keras.losses.Loss):
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "label_smoothing": self.label_smoothing}
+
+
+def temper(probs: Any, temperature: Any, eps: float = 1e-30) -> Any:
+    """softmax(log p / T): a distribution made softer (T > 1) or sharper (T < 1).
+
+    For a model's softmax output this equals softmax(logits / T), so a fused distribution
+    with no logits of its own is tempered the same way.
+    """
+    logp = ops.log(ops.maximum(ops.cast(probs, "float32"), eps))
+    return ops.softmax(logp / temperature, axis=-1)
+
+
+def soft_cross_entropy(targets: Any, logits: Any, temperature: Any = 1.0) -> Any:
+    """Per-example CE(q, softmax(z / T)) = -sum_k q_k log p_k(T), without the T^2 factor.
+
+    Args:
+        targets: (B, K) probabilities q (already tempered as wanted).
+        logits: (B, K) the student's logits z.
+        temperature: scalar T.
+    """
+    logp = ops.log_softmax(ops.cast(logits, "float32") / temperature, axis=-1)
+    return -ops.sum(ops.cast(targets, "float32") * logp, axis=-1)
+
+
+def hard_cross_entropy(labels: Any, logits: Any, label_smoothing: float = 0.0) -> Any:
+    """Per-example CE(y, softmax(z)) from integer labels, with optional label smoothing."""
+    return SparseCrossentropy(label_smoothing).call(labels, logits)
+
+
+def distillation_loss(
+    targets: Any,
+    labels: Any,
+    logits: Any,
+    temperature: Any,
+    soft_weight: Any,
+    label_smoothing: float = 0.0,
+) -> tuple[Any, Any, Any]:
+    """The seed's loss, per example: lambda T^2 CE(q(T), p(T)) + (1 - lambda) CE(y, p(1)).
+
+    T^2 keeps the soft term's gradient on the scale of the hard one as T grows (Hinton et
+    al.: soft-target gradients shrink as 1/T^2).
+
+    Args:
+        targets: (B, K) the teacher's tempered distribution q(T).
+        labels: (B,) integer labels y.
+        logits: (B, K) the student's logits.
+        temperature: scalar T.
+        soft_weight: scalar lambda in [0, 1].
+        label_smoothing: for the hard term. Defaults to 0.
+
+    Returns:
+        `(total, soft, hard)`, each of shape (B,); `soft` is CE(q(T), p(T)) without T^2.
+    """
+    soft = soft_cross_entropy(targets, logits, temperature)
+    hard = hard_cross_entropy(labels, logits, label_smoothing)
+    total = soft_weight * temperature**2 * soft + (1.0 - soft_weight) * hard
+    return total, soft, hard

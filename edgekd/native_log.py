@@ -16,6 +16,7 @@ NOISE = re.compile(
     rb"^(WARNING: All log messages before absl::InitializeLog\(\)|"
     rb"[IWE]0000 [\d:. ]+\d+ (port|cudart_stub|cpu_feature_guard|cuda_platform|cuda_executor|"
     rb"cuda_dnn|cuda_fft|cuda_blas|cuda_diagnostics)\.cc:|"
+    rb"[IWE]0000 [\d:. ]+\d+ util\.cc:\d+\] oneDNN supports DT_BOOL only|"
     rb"To enable the following instructions:|"
     rb"An NVIDIA GPU may be present on this machine)"
 )

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from edgekd.errors import RecipeError
 
 STAGES: tuple[str, ...] = ("generalist", "groups", "specialists", "ensemble", "student")
-IMPLEMENTED_STAGES: tuple[str, ...] = ("generalist", "groups", "specialists", "ensemble")
+IMPLEMENTED_STAGES: tuple[str, ...] = STAGES
 
 
 class FieldError(ValueError):
@@ -192,6 +192,60 @@ class EnsembleConfig(_Section):
     batch_size: int = Field(256, ge=1)
 
 
+class RampConfig(_Section):
+    """A distillation hyper-parameter that moves from `start` to `end` over the run."""
+
+    start: float
+    end: float
+    shape: Literal["linear", "cosine"] = "linear"
+
+
+class StudentConfig(ModelTrainConfig):
+    """The student: distilled from the teacher, plus a hard-label twin as the control."""
+
+    teacher: Literal["ensemble", "full_ensemble", "generalist"] = Field(
+        "ensemble",
+        description="gated ensemble, every specialist on every image, or the generalist alone",
+    )
+    temperature: float | RampConfig = Field(
+        4.0, description="T, or {start, end, shape: linear|cosine} over the run"
+    )
+    soft_weight: float | RampConfig = Field(
+        0.8, description="lambda, the soft-target share of the loss, or a ramp like temperature"
+    )
+    target: Literal["fused", "members"] = Field(
+        "fused",
+        description="fused: temper the fused distribution; members: temper members, then fuse",
+    )
+    init: Literal["auto", "generalist", "scratch"] = Field(
+        "auto", description="auto: from the generalist's weights when arch and width match"
+    )
+    control: bool = Field(True, description="also train the same student on hard labels alone")
+    temperature_search: tuple[float, ...] | None = Field(
+        None, description="try these T first (search_epochs each), keep the best on validation"
+    )
+    search_epochs: int = Field(1, ge=1, le=10_000)
+
+    @model_validator(mode="after")
+    def _ranges(self) -> StudentConfig:
+        for key, lo, hi in (("temperature", 0.0, None), ("soft_weight", 0.0, 1.0)):
+            value = getattr(self, key)
+            for sub, v in (
+                [((), value)] if isinstance(value, float) else
+                [(("start",), value.start), (("end",), value.end)]
+            ):  # fmt: skip
+                if key == "temperature" and v <= lo:
+                    raise FieldError((key, *sub), f"must be > 0, got {v}")
+                if key == "soft_weight" and not lo <= v <= hi:
+                    raise FieldError((key, *sub), f"must be in [0, 1], got {v}")
+        for i, t in enumerate(self.temperature_search or ()):
+            if t <= 0:
+                raise FieldError(("temperature_search", i), f"must be > 0, got {t}")
+        if self.temperature_search is not None and not self.temperature_search:
+            raise FieldError(("temperature_search",), "give at least one temperature, or null")
+        return self
+
+
 class TrainConfig(_Section):
     """How `edgekd train` runs: which stages, on what hardware settings."""
 
@@ -241,6 +295,7 @@ class Recipe(_Section):
     groups: GroupsConfig = GroupsConfig()
     specialists: SpecialistConfig = SpecialistConfig()
     ensemble: EnsembleConfig = EnsembleConfig()
+    student: StudentConfig = StudentConfig()
     train: TrainConfig = TrainConfig()
 
     _origins: dict[str, str] = PrivateAttr(default_factory=dict)

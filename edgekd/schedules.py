@@ -105,3 +105,49 @@ def build_schedule(
     if name == "constant":
         return peak_lr
     raise ValueError(f"unknown schedule {name!r}; expected cosine, onecycle or constant")
+
+
+@keras.saving.register_keras_serializable(package="edgekd")
+class Ramp:
+    """A value that moves from `start` to `end` over `total_steps` (then stays at `end`).
+
+    For distillation's temperature and soft-target weight, which the seed leaves static.
+    Computed from the optimizer's step inside the train step, so it needs no callback,
+    resumes with the optimizer, and works under any backend and `tf.distribute`.
+
+    Args:
+        start: float. Value at step 0.
+        end: float | None. Value from `total_steps` on; None means constant `start`.
+        total_steps: int. Length of the ramp in optimizer steps.
+        shape: "linear" or "cosine" (half-cosine: slow, fast, slow). Defaults to "linear".
+    """
+
+    def __init__(
+        self, start: float, end: float | None = None, total_steps: int = 1, shape: str = "linear"
+    ) -> None:
+        if shape not in ("linear", "cosine"):
+            raise ValueError(f"unknown ramp shape {shape!r}; expected linear or cosine")
+        self.start = float(start)
+        self.end = self.start if end is None else float(end)
+        self.total_steps = max(int(total_steps), 1)
+        self.shape = shape
+
+    @property
+    def constant(self) -> bool:
+        return self.start == self.end
+
+    def __call__(self, step: Any) -> Any:
+        if self.constant:
+            return ops.convert_to_tensor(self.start, "float32")
+        frac = ops.clip(ops.cast(step, "float32") / float(self.total_steps), 0.0, 1.0)
+        if self.shape == "cosine":
+            frac = 0.5 * (1.0 - ops.cos(math.pi * frac))
+        return self.start + (self.end - self.start) * frac
+
+    def get_config(self) -> dict[str, Any]:
+        return {"start": self.start, "end": self.end, "total_steps": self.total_steps,
+                "shape": self.shape}  # fmt: skip
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Ramp:
+        return cls(**config)

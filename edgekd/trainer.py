@@ -90,9 +90,17 @@ class EpochCheckpoint(keras.callbacks.Callback):
 
 
 def compile_classifier(
-    model: keras.Model, cfg: ModelTrainConfig, steps_per_epoch: int, jit_compile: bool
+    model: keras.Model,
+    cfg: ModelTrainConfig,
+    steps_per_epoch: int,
+    jit_compile: bool,
+    own_loss: bool = False,
 ) -> None:
-    """SGD + schedule + (smoothed) cross-entropy, as the recipe's model section says."""
+    """SGD + schedule + (smoothed) cross-entropy, as the recipe's model section says.
+
+    `own_loss`: the model computes its loss itself (the Distiller); only the optimizer,
+    schedule and metrics are set here.
+    """
     opt = cfg.optimizer
     schedule = build_schedule(
         cfg.schedule.name,
@@ -113,7 +121,7 @@ def compile_classifier(
         optimizer.exclude_from_weight_decay(var_names=NO_DECAY)
     model.compile(
         optimizer=optimizer,
-        loss=SparseCrossentropy(label_smoothing=cfg.label_smoothing),
+        loss=None if own_loss else SparseCrossentropy(label_smoothing=cfg.label_smoothing),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
         jit_compile=jit_compile,
     )
@@ -134,10 +142,13 @@ def train_classifier(
     verbose: str | int = "auto",
     log: Callable[[str], None] = print,
     callbacks: Sequence[keras.callbacks.Callback] = (),
+    wrap: Callable[[keras.Model], keras.Model] | None = None,
 ) -> TrainResult:
     """Train (or resume training) the model `build()` makes; checkpoints live in `workdir`.
 
     `train` is an image set (shuffled, augmented batches are made here) or ready batches.
+    `wrap` turns the built model into the one that is fit and computes its own loss (the
+    Distiller around a student); it is called inside the distribution scope.
     """
     ckpt_dir = workdir / "checkpoint"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -167,7 +178,9 @@ def train_classifier(
             f"{model.name}: {cfg.arch} width {cfg.width}, {stats['params']:,} params, "
             f"{stats['macs'] / 1e6:.1f}M MACs/image; {steps} steps/epoch x {cfg.epochs} epochs"
         )
-        compile_classifier(model, cfg, steps, accel.jit_compile)
+        if wrap is not None:
+            model = wrap(model)
+        compile_classifier(model, cfg, steps, accel.jit_compile, own_loss=wrap is not None)
         if state is not None:
             model.optimizer.build(model.trainable_variables)
             model.load_weights(ckpt_dir / state["checkpoint"])

@@ -39,7 +39,7 @@ def test_defaults_fill_unset_keys(tmp_path):
     assert r.generalist.epochs == 3
     assert r.generalist.batch_size == 128  # schema default
     assert r.data.val_fraction == 0.1
-    assert r.train.stages == ("generalist", "groups", "specialists", "ensemble")
+    assert r.train.stages == ("generalist", "groups", "specialists", "ensemble", "student")
 
 
 def test_name_defaults_to_file_stem(tmp_path):

@@ -273,7 +273,7 @@ def test_jax_backend_trains_without_tensorflow(tmp_path):
     assert "backend jax" in proc.stdout
     m = manifest(run_dir)
     # The whole pipeline, fusion included, ran on JAX.
-    assert all(r["status"] == "done" for r in m["stages"].values()) and len(m["stages"]) == 4
+    assert all(r["status"] == "done" for r in m["stages"].values()) and len(m["stages"]) == 5
     assert m["stages"]["generalist"]["status"] == "done"
     proc = run_cli(
         "eval",

@@ -14,6 +14,7 @@ from typing import Any
 
 import keras
 import numpy as np
+from keras import ops
 
 from edgekd.ensemble.fusion import fuse, membership_matrix, scatter_specialist
 from edgekd.ensemble.gating import activation_plan, gate
@@ -100,6 +101,10 @@ class GatedEnsemble:
         """Fused probabilities: the ensemble as a teacher callable."""
         return self.predict(images).probs
 
+    def teacher(self, gather: bool | None = None) -> GatedTeacher:
+        """The ensemble as a traceable teacher for the Distiller (see `GatedTeacher`)."""
+        return GatedTeacher(self, gather=gather)
+
     def macs_per_image(self, general_macs: int, specialist_macs: list[int], rates) -> float:
         """Average MACs actually spent per image at the given activation rates."""
         return float(general_macs + sum(r * c for r, c in zip(rates, specialist_macs, strict=True)))
@@ -116,6 +121,64 @@ class GatedEnsemble:
             "fusion": {"objective": "KL(p_g,q) + sum_m KL(p_m, A_m q)", "solver": "em",
                        "iterations": self.iterations},
         }  # fmt: skip
+
+
+class GatedTeacher:
+    """The gated ensemble's forward pass in `keras.ops`, for use inside a train step.
+
+    One generalist pass, the gate, each specialist once on the images that woke it, then
+    the batched fusion: no Python per image, nothing computed twice. Gathering a ragged
+    subset needs dynamic shapes, which TensorFlow graphs have; XLA and JAX want static ones,
+    so there (`gather=False`) each specialist runs on the whole batch and the gate masks it.
+
+    Args:
+        ensemble: GatedEnsemble.
+        gather: bool | None. Run specialists on their images only. None: on TensorFlow.
+    """
+
+    def __init__(self, ensemble: GatedEnsemble, gather: bool | None = None) -> None:
+        self.ensemble = ensemble
+        self.gather = keras.backend.backend() == "tensorflow" if gather is None else bool(gather)
+
+    def __call__(self, x: Any, temperature: Any = None) -> Any:
+        """Fused probabilities (B, K); with `temperature`, members are tempered before fusion."""
+        ens = self.ensemble
+        x = ops.cast(x, "float32")
+        z_general = ops.cast(ens.generalist(x, training=False), "float32")
+        general = ops.softmax(z_general, axis=-1)
+        active = gate(general, ens.membership, top_n=ens.top_n, confidence=ens.confidence)
+        if temperature is not None:
+            general = ops.softmax(z_general / temperature, axis=-1)
+        ins, dusts = [], []
+        for s, (model, group) in enumerate(zip(ens.specialists, ens.groups, strict=True)):
+            if self.gather:
+                idx = ops.nonzero(active[:, s] > 0.5)[0]
+                width = model.output_shape[-1]
+                # A convolution on an empty batch fails on TF's CPU kernels; skip instead.
+                z_some = ops.cond(
+                    ops.shape(idx)[0] > 0,
+                    lambda m=model, i=idx: ops.cast(
+                        m(ops.take(x, i, axis=0), training=False), "float32"
+                    ),
+                    lambda w=width: ops.zeros((0, w), "float32"),
+                )
+                # Rows that did not wake this specialist get zero logits; the gate masks them.
+                z = ops.scatter(ops.expand_dims(idx, -1), z_some, (ops.shape(x)[0], width))
+            else:
+                z = ops.cast(model(x, training=False), "float32")
+            if temperature is not None:
+                z = z / temperature
+            p_in, dust = scatter_specialist(
+                ops.softmax(z, axis=-1), group, ens.num_classes, dustbin=ens.dustbin
+            )
+            ins.append(p_in)
+            dusts.append(dust)
+        if not ins:
+            return general
+        return fuse(
+            general, ops.stack(ins, axis=1), ops.stack(dusts, axis=1), active, ens.membership,
+            dustbin=ens.dustbin, iterations=ens.iterations,
+        )  # fmt: skip
 
 
 def load_gated_ensemble(run_path: str | Path, **overrides: Any) -> GatedEnsemble:

@@ -5,8 +5,15 @@ from edgekd.stages.ensemble import EnsembleStage
 from edgekd.stages.generalist import GeneralistStage
 from edgekd.stages.groups import GroupsStage
 from edgekd.stages.specialists import SpecialistsStage
+from edgekd.stages.student import StudentStage
 
-# Pipeline order. The student stage joins here next.
-STAGES: tuple[Stage, ...] = (GeneralistStage(), GroupsStage(), SpecialistsStage(), EnsembleStage())
+# Pipeline order.
+STAGES: tuple[Stage, ...] = (
+    GeneralistStage(),
+    GroupsStage(),
+    SpecialistsStage(),
+    EnsembleStage(),
+    StudentStage(),
+)
 
 __all__ = ["STAGES", "Stage", "StageContext", "StageOutcome"]

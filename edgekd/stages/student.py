@@ -1,0 +1,259 @@
+"""Stage 5: the student, distilled from the teacher, and its hard-label twin (the control).
+
+Both are the same architecture, start from the same weights, see the same batches in the
+same order under the same schedule; only the loss differs. The control answers the
+question the seed leaves open: how much of the student's accuracy comes from the teacher
+rather than from training at all.
+
+Reads: the generalist, groups and specialists (the teacher), the recipe's `ensemble` and
+`student` sections. Writes `student/`: `model.keras` (the distilled student alone),
+`control/model.keras`, `search/T=<t>/` (when searching T), `history.json`, `metrics.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from edgekd import atomic
+from edgekd.distill import Distiller, ModelTeacher
+from edgekd.ensemble.gated import load_gated_ensemble
+from edgekd.evaluate import Evaluation
+from edgekd.models import build_model, model_summary_stats
+from edgekd.recipe import RampConfig, Recipe
+from edgekd.schedules import Ramp
+from edgekd.stages.base import Stage, StageContext, StageOutcome
+from edgekd.stages.generalist import augment_of
+from edgekd.trainer import TrainResult, predict_probs, train_classifier
+
+
+def ramp_of(value: float | RampConfig, total_steps: int) -> Ramp:
+    """A recipe value (number or {start, end, shape}) as a Ramp over `total_steps`."""
+    if isinstance(value, RampConfig):
+        return Ramp(value.start, value.end, total_steps, value.shape)
+    return Ramp(float(value))
+
+
+class StudentStage(Stage):
+    """Distil the teacher into the student; train the control; evaluate all of them."""
+
+    name = "student"
+    sections = ("seed", "data", "ensemble", "student", "train")
+    reads = ("generalist", "groups", "specialists")
+
+    def check(self, recipe: Recipe, data: Any) -> None:
+        cfg = recipe.student
+        if cfg.batch_size > len(data.train):
+            raise recipe.error(
+                "student.batch_size",
+                f"{cfg.batch_size} is larger than the {len(data.train)} training images",
+            )
+        if cfg.temperature_search and isinstance(cfg.temperature, RampConfig):
+            raise recipe.error(
+                "student.temperature_search",
+                "searches a constant temperature; student.temperature is a ramp",
+            )
+        gen = recipe.generalist
+        if cfg.init == "generalist" and (cfg.arch, cfg.width) != (gen.arch, gen.width):
+            raise recipe.error(
+                "student.init",
+                f"'generalist' needs the generalist's architecture ({gen.arch} width "
+                f"{gen.width}), but the student is {cfg.arch} width {cfg.width}",
+            )
+
+    def run(self, ctx: StageContext) -> StageOutcome:
+        recipe, data, run = ctx.recipe, ctx.data, ctx.run
+        cfg = recipe.student
+        out = run.stage_dir(self.name)
+        gen_cfg = recipe.generalist
+        from_generalist = cfg.init == "generalist" or (
+            cfg.init == "auto" and (cfg.arch, cfg.width) == (gen_cfg.arch, gen_cfg.width)
+        )
+        init_weights = None
+        if from_generalist:
+            generalist = keras.models.load_model(run.artifact("generalist", "model"), compile=False)
+            init_weights = generalist.get_weights()
+            del generalist
+        teacher = self._teacher(ctx)
+        teacher_probs = self._teacher_val_probs(ctx)
+        teacher_ev = Evaluation.from_probs(teacher_probs, data.val.labels, data.class_names)
+        ctx.log(f"[student] teacher ({cfg.teacher}): {100 * teacher_ev.accuracy:.2f}% on val")
+
+        def build() -> keras.Model:
+            model = build_model(
+                cfg.arch, num_classes=len(data.class_names), width=cfg.width,
+                dropout=cfg.dropout, bn_momentum=cfg.bn_momentum,
+                input_shape=tuple(data.train.images.shape[1:]), name="student",
+            )  # fmt: skip
+            if init_weights is not None:
+                model.set_weights(init_weights)
+            return model
+
+        def fit(workdir: Path, epochs: int, temperature: Any, soft: bool) -> TrainResult:
+            run_cfg = cfg.model_copy(update={"epochs": epochs})
+            steps = (len(data.train) // cfg.batch_size) * epochs
+
+            def wrap(student: keras.Model) -> Distiller:
+                return Distiller(
+                    student, teacher() if soft else None,
+                    temperature=ramp_of(temperature, steps),
+                    soft_weight=ramp_of(cfg.soft_weight, steps) if soft else 0.0,
+                    target=cfg.target, label_smoothing=cfg.label_smoothing,
+                )  # fmt: skip
+
+            return train_classifier(
+                build, run_cfg, data.train, data.val, workdir, seed=recipe.seed,
+                augment=augment_of(ctx), accel=ctx.accel, strategy=recipe.train.strategy,
+                tensorboard=recipe.train.tensorboard, verbose=ctx.verbose, log=ctx.log,
+                wrap=wrap,
+            )  # fmt: skip
+
+        metrics: dict[str, Any] = {
+            "teacher": cfg.teacher,
+            "teacher_val_accuracy": teacher_ev.accuracy,
+            "initialised_from": "generalist" if from_generalist else "scratch",
+            "target": cfg.target,
+        }
+        temperature: Any = cfg.temperature
+        if cfg.temperature_search:
+            search = []
+            for t in cfg.temperature_search:
+                workdir = out / "search" / f"T={t:g}"
+                done = workdir / "result.json"
+                if done.is_file():
+                    search.append(json.loads(done.read_text()))
+                    continue
+                ctx.log(f"[student] temperature search: T={t:g}, {cfg.search_epochs} epoch(s)")
+                res = fit(workdir, cfg.search_epochs, t, soft=True)
+                acc = _accuracy(res.model.student, data)
+                row = {"temperature": t, "val_accuracy": acc}
+                atomic.write_json(done, row)
+                shutil.rmtree(workdir / "checkpoint", ignore_errors=True)
+                search.append(row)
+            best = max(search, key=lambda r: r["val_accuracy"])
+            temperature = best["temperature"]
+            metrics["temperature_search"] = search
+            tried = ", ".join(
+                f"T={r['temperature']:g} {100 * r['val_accuracy']:.2f}%" for r in search
+            )
+            ctx.log(f"[student] temperature search: {tried}; using T={temperature:g}")
+        metrics["temperature"] = (
+            temperature if not isinstance(temperature, RampConfig) else temperature.model_dump()
+        )
+
+        results: dict[str, Any] = {}
+        runs = [("distilled", out, True)]
+        if cfg.control:
+            runs.append(("control", out / "control", False))
+        for label, workdir, soft in runs:
+            record = workdir / "result.json"
+            if record.is_file():
+                ctx.log(f"[student] {label} already trained")
+                results[label] = json.loads(record.read_text())
+                continue
+            ctx.log(
+                f"[student] training the {label} student"
+                + (f" (T={_show(temperature)}, lambda={_show(cfg.soft_weight)})" if soft else
+                   " on hard labels alone (the control)")
+            )  # fmt: skip
+            t0 = time.perf_counter()
+            res = fit(workdir, cfg.epochs, temperature, soft)
+            student = res.model.student
+            probs = predict_probs(student, data.val.images)
+            ev = Evaluation.from_probs(probs, data.val.labels, data.class_names)
+            history = res.history
+            row = {
+                "val_accuracy": ev.accuracy,
+                "per_class": ev.per_class,
+                "epochs": len(history),
+                "train_s_this_session": round(time.perf_counter() - t0, 1),
+                "train_s_epochs": round(sum(e.get("train_s", 0.0) for e in history), 1),
+                "images_per_s": float(np.median([e["images_per_s"] for e in history]))
+                if history else None,
+                "evaluation": ev.to_dict(),
+            }  # fmt: skip
+            with atomic.atomic_path(workdir / "model.keras") as tmp:
+                student.save(tmp)
+            atomic.write_json(workdir / "history.json", history)
+            atomic.write_json(record, row)  # written last: marks it finished
+            shutil.rmtree(workdir / "checkpoint", ignore_errors=True)
+            ctx.log(f"[student] {label}: {100 * ev.accuracy:.2f}% on val")
+            results[label] = row
+
+        distilled = results["distilled"]
+        stats = model_summary_stats(build())
+        metrics.update(
+            val_accuracy=distilled["val_accuracy"],
+            per_class=distilled["per_class"],
+            params=stats["params"],
+            macs=stats["macs"],
+            epochs=distilled["epochs"],
+            images_per_s=distilled["images_per_s"],
+            train_s_epochs=distilled["train_s_epochs"],
+        )
+        if "control" in results:
+            c = results["control"]
+            metrics.update(
+                control_val_accuracy=c["val_accuracy"],
+                control_per_class=c["per_class"],
+                control_images_per_s=c["images_per_s"],
+                control_train_s_epochs=c["train_s_epochs"],
+            )
+            ctx.log(
+                f"[student] distilled {100 * distilled['val_accuracy']:.2f}% vs hard-label "
+                f"control {100 * c['val_accuracy']:.2f}% vs teacher "
+                f"{100 * teacher_ev.accuracy:.2f}%"
+            )
+        atomic.write_json(
+            out / "metrics.json",
+            {**metrics, "evaluation": distilled["evaluation"],
+             "teacher_evaluation": teacher_ev.to_dict()},
+        )  # fmt: skip
+        artifacts = {"model": f"{self.name}/model.keras", "metrics": f"{self.name}/metrics.json"}
+        if "control" in results:
+            artifacts["control_model"] = f"{self.name}/control/model.keras"
+        return StageOutcome(metrics=metrics, artifacts=artifacts)
+
+    def _teacher(self, ctx: StageContext):
+        """A factory for the teacher, called inside the distribution scope of each fit."""
+        cfg, run = ctx.recipe.student, ctx.run
+        gather = not ctx.accel.jit_compile and keras.backend.backend() == "tensorflow"
+
+        def make():
+            if cfg.teacher == "generalist":
+                return ModelTeacher(
+                    keras.models.load_model(run.artifact("generalist", "model"), compile=False)
+                )
+            overrides = {}
+            if cfg.teacher == "full_ensemble":
+                overrides = {"top_n": len(ctx.data.class_names), "confidence": None}
+            return load_gated_ensemble(run.path, **overrides).teacher(gather=gather)
+
+        return make
+
+    def _teacher_val_probs(self, ctx: StageContext) -> np.ndarray:
+        cfg, run, val = ctx.recipe.student, ctx.run, ctx.data.val
+        if cfg.teacher == "generalist":
+            model = keras.models.load_model(run.artifact("generalist", "model"), compile=False)
+            return predict_probs(model, val.images)
+        overrides = {}
+        if cfg.teacher == "full_ensemble":
+            overrides = {"top_n": len(ctx.data.class_names), "confidence": None}
+        return load_gated_ensemble(run.path, **overrides).predict(val.images).probs
+
+
+def _accuracy(model: keras.Model, data: Any) -> float:
+    probs = predict_probs(model, data.val.images)
+    return float((probs.argmax(1) == data.val.labels).mean())
+
+
+def _show(value: float | RampConfig) -> str:
+    if isinstance(value, RampConfig):
+        return f"{value.start:g}->{value.end:g} ({value.shape})"
+    return f"{value:g}"
