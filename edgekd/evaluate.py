@@ -98,6 +98,11 @@ def overall_table(
     return format_table(["model", *extra, "accuracy (%)", "images"], rows)
 
 
+# Table names of the stages' models: the seed's "generalist / ensemble / distilled", plus
+# the hard-label student (the control).
+DISPLAY = {"generalist": "generalist", "student": "distilled"}
+
+
 @dataclass
 class RunEvaluation:
     """Every model of a run evaluated on one set of images."""
@@ -120,6 +125,13 @@ class RunEvaluation:
             per_class_table(self.results, baseline="generalist"),
             overall_table(self.results, self.about),
         ]
+        r = self.results
+        if "distilled" in r and "hard-label" in r:
+            gain = 100 * (r["distilled"].accuracy - r["hard-label"].accuracy)
+            parts.append(
+                f"Distillation vs the hard-label control (same student, batches and schedule): "
+                f"{gain:+.2f} pp"
+            )
         if self.specialists:
             rows = [
                 [
@@ -168,16 +180,21 @@ def evaluate_run(run_path: str, data_spec: str | None = None, split: str = "val"
     for stage, rec in run.manifest.get("stages", {}).items():
         if rec.get("status") != "done" or "model" not in rec.get("artifacts", {}):
             continue
-        model = keras.models.load_model(run.artifact(stage, "model"), compile=False)
-        probs = stage_probs[stage] = predict_probs(model, images.images)
-        results[stage] = Evaluation.from_probs(probs, images.labels, class_names)
         cfg = run.manifest["recipe"].get(stage, {})
         metrics = rec.get("metrics", {})
-        about[stage] = {
-            "architecture": f"{cfg.get('arch', '?')} w{cfg.get('width', '?')}",
-            "params": f"{metrics.get('params', 0) / 1e6:.2f}M",
-            "MACs/image": f"{metrics.get('macs', 0) / 1e6:.1f}M",
-        }
+        # The student stage holds two models: the distilled student and its control.
+        models = {"model": DISPLAY.get(stage, stage), "control_model": "hard-label"}
+        for artifact, name in models.items():
+            if artifact not in rec.get("artifacts", {}):
+                continue
+            model = keras.models.load_model(run.artifact(stage, artifact), compile=False)
+            probs = stage_probs[name] = predict_probs(model, images.images)
+            results[name] = Evaluation.from_probs(probs, images.labels, class_names)
+            about[name] = {
+                "architecture": f"{cfg.get('arch', '?')} w{cfg.get('width', '?')}",
+                "params": f"{metrics.get('params', 0) / 1e6:.2f}M",
+                "MACs/image": f"{metrics.get('macs', 0) / 1e6:.1f}M",
+            }
     specialists: list[dict] = []
     if run.stage("ensemble").status == "done":
         from edgekd.ensemble.gated import load_gated_ensemble
@@ -205,4 +222,6 @@ def evaluate_run(run_path: str, data_spec: str | None = None, split: str = "val"
             specialists.append({**rec, **measured, "activation_rate": float(rate)})
     if not results:
         raise RunDirError(f"{run.path}: no finished stage has a model yet")
+    order = ["generalist", "ensemble", "distilled", "hard-label"]
+    results = dict(sorted(results.items(), key=lambda kv: order.index(kv[0])))
     return RunEvaluation(results, f"{described} ({len(images)} images)", about, specialists)
