@@ -96,6 +96,65 @@ def evaluate(run: str, data_spec: str | None, split: str, as_json: bool) -> None
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.tables())
 
 
+@main.command(name="export")
+@click.argument("run", type=click.Path())
+@click.option("--float", "want_float", is_flag=True, help="float32 files.")
+@click.option("--fp16", is_flag=True, help="float16 weights (TFLite; TensorRT engine).")
+@click.option("--dynamic", is_flag=True, help="Dynamic-range int8 weights (TFLite).")
+@click.option("--int8", is_flag=True, help="Full-integer int8 (TFLite; ONNX Q/DQ; TensorRT).")
+@click.option(
+    "--format",
+    "formats",
+    default=None,
+    metavar="LIST",
+    help="Comma-separated: tflite,onnx,tensorrt,saved_model. Default: the recipe's export.formats.",
+)
+@click.option("--members", is_flag=True, default=None, help="Also the generalist and specialists.")
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Default: RUN/export.")
+@click.option("--force", is_flag=True, help="Exit 0 even if a file fails the parity gate.")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY.PATH=VALUE",
+    help="Override a recipe key, e.g. --set export.calibration_images=1000.",
+)
+def export(
+    run: str,
+    want_float: bool,
+    fp16: bool,
+    dynamic: bool,
+    int8: bool,
+    formats: str | None,
+    members: bool | None,
+    out: str | None,
+    force: bool,
+    overrides: tuple[str, ...],
+) -> None:
+    """Export RUN's student for the edge; every file is run and checked against Keras.
+
+    Precision flags combine (--float --int8); with none, the recipe's export.precisions.
+    """
+    from edgekd.export import export_run
+    from edgekd.recipe import EXPORT_FORMATS
+
+    picked = [p for p, on in (("float32", want_float), ("float16", fp16), ("dynamic", dynamic),
+                              ("int8", int8)) if on]  # fmt: skip
+    fmts = None
+    if formats:
+        fmts = tuple(f.strip() for f in formats.split(",") if f.strip())
+        unknown = [f for f in fmts if f not in EXPORT_FORMATS]
+        if unknown:
+            raise click.BadParameter(
+                f"unknown format {unknown[0]!r}; choose from {', '.join(EXPORT_FORMATS)}",
+                param_hint="--format",
+            )
+    export_run(
+        run, formats=fmts, precisions=tuple(picked) or None, members=members or None, out=out,
+        force=force, overrides=overrides, log=click.echo,
+    )  # fmt: skip
+
+
 @main.command(name="recipes")
 def list_recipes() -> None:
     """List the built-in recipes."""

@@ -140,6 +140,8 @@ class Distiller(keras.Model):
         if not self.hard_only:
             self.soft_loss_tracker = keras.metrics.Mean(name="soft_loss")
         self.hard_loss_tracker = keras.metrics.Mean(name="hard_loss")
+        # Built when the student is: a checkpoint can then be loaded before the first step.
+        self.built = bool(student.built)
 
     @property
     def teacher(self) -> Callable[..., Any] | None:

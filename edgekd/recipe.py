@@ -246,6 +246,40 @@ class StudentConfig(ModelTrainConfig):
         return self
 
 
+EXPORT_FORMATS = ("tflite", "onnx", "tensorrt", "saved_model")
+EXPORT_PRECISIONS = ("float32", "float16", "dynamic", "int8")
+
+
+class ExportConfig(_Section):
+    """`edgekd export`: which model, formats and precisions; calibration; the parity gate."""
+
+    model: Literal["student", "control", "generalist"] = Field(
+        "student", description="student: the distilled one; control: its hard-label twin"
+    )
+    formats: tuple[Literal["tflite", "onnx", "tensorrt", "saved_model"], ...] = Field(
+        ("tflite", "onnx"), min_length=1
+    )
+    precisions: tuple[Literal["float32", "float16", "dynamic", "int8"], ...] = Field(
+        ("float32", "int8"),
+        min_length=1,
+        description="dynamic: int8 weights, float activations (TFLite only)",
+    )
+    int8_io: Literal["uint8", "int8", "float32"] = Field(
+        "uint8", description="int8 TFLite input/output tensors; uint8 takes the pixels as they are"
+    )
+    calibration_images: int = Field(
+        512, ge=1, description="class-balanced, seeded sample of the training split"
+    )
+    parity_images: int | None = Field(
+        None, ge=1, description="validation images for the parity check; null: all of them"
+    )
+    tolerance_pp: float = Field(
+        1.0, ge=0.0, description="largest accuracy drop (points) before export fails"
+    )
+    members: bool = Field(False, description="also export the generalist and the specialists")
+    threads: int | None = Field(None, ge=1, description="runtime threads for the parity run")
+
+
 class TrainConfig(_Section):
     """How `edgekd train` runs: which stages, on what hardware settings."""
 
@@ -296,6 +330,7 @@ class Recipe(_Section):
     specialists: SpecialistConfig = SpecialistConfig()
     ensemble: EnsembleConfig = EnsembleConfig()
     student: StudentConfig = StudentConfig()
+    export: ExportConfig = ExportConfig()
     train: TrainConfig = TrainConfig()
 
     _origins: dict[str, str] = PrivateAttr(default_factory=dict)

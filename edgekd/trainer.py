@@ -217,8 +217,8 @@ def _tensorboard_available() -> bool:
     return importlib.util.find_spec("tensorboard") is not None
 
 
-def predict_probs(model: keras.Model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Softmax probabilities (float32) for pixel images, batched, on any backend.
+def predict_logits(model: keras.Model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Raw model outputs (float32) for pixel images, batched, on any backend.
 
     Every batch is padded to `batch_size`, so the compiled predict step is traced once and
     reused across calls (the gated ensemble calls this per specialist on ragged subsets).
@@ -230,8 +230,13 @@ def predict_probs(model: keras.Model, images: np.ndarray, batch_size: int = 256)
         if len(chunk) < batch_size:
             pad = np.zeros((batch_size - len(chunk), *chunk.shape[1:]), np.float32)
             chunk = np.concatenate([chunk, pad])
-        logits = np.asarray(model.predict_on_batch(chunk), np.float64)[: n - start]
-        logits -= logits.max(axis=1, keepdims=True)
-        probs = np.exp(logits)
-        out[start : start + len(probs)] = probs / probs.sum(axis=1, keepdims=True)
+        out[start : start + batch_size] = np.asarray(model.predict_on_batch(chunk))[: n - start]
     return out
+
+
+def predict_probs(model: keras.Model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Softmax probabilities (float32) of `predict_logits`, computed in float64."""
+    logits = predict_logits(model, images, batch_size).astype(np.float64)
+    logits -= logits.max(axis=1, keepdims=True)
+    probs = np.exp(logits)
+    return (probs / probs.sum(axis=1, keepdims=True)).astype(np.float32)

@@ -176,3 +176,18 @@ def test_digest_ignores_locations_but_not_content(tmp_path):
     c = load_recipe(write(tmp_path, BASE), ["generalist.epochs=4"])
     assert a.digest("data", "generalist", "train") == b.digest("data", "generalist", "train")
     assert a.digest("data", "generalist") != c.digest("data", "generalist")
+
+
+def test_student_section_ranges_and_ramps(tmp_path):
+    msg = error_of(tmp_path, BASE + "student:\n  temperature: 0\n")
+    assert "r.yaml:8: student.temperature" in msg and "> 0" in msg
+    msg = error_of(tmp_path, BASE + "student:\n  soft_weight:\n    start: 1.0\n    end: 1.5\n")
+    assert "student.soft_weight.end" in msg and "[0, 1]" in msg
+    msg = error_of(tmp_path, BASE + "student:\n  target: logits\n")
+    assert "student.target" in msg
+    r = load_recipe(
+        write(tmp_path, BASE + "student:\n  temperature: {start: 8, end: 2, shape: cosine}\n")
+    )
+    assert r.student.temperature.start == 8.0 and r.student.temperature.shape == "cosine"
+    assert build_recipe(r.to_dict()).to_dict() == r.to_dict()
+    assert load_recipe(write(tmp_path, BASE)).student.control is True

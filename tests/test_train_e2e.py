@@ -81,6 +81,23 @@ def test_smoke_trains_on_real_images_under_a_minute(smoke_run):
     config = json.loads((run_dir / "ensemble" / "ensemble.json").read_text())
     assert config["classes"] == m["data"]["classes"] and config["gating"]["top_n"] == 2
 
+    # student: the distilled student and its hard-label control, both saved alone.
+    student = stages["student"]
+    assert student["status"] == "done"
+    assert set(student["artifacts"]) == {"model", "control_model", "metrics"}
+    for rel in student["artifacts"].values():
+        assert (run_dir / rel).is_file(), rel
+    sm = student["metrics"]
+    assert sm["teacher"] == "ensemble" and sm["temperature"] == 4.0
+    assert sm["teacher_val_accuracy"] == pytest.approx(ens["val_accuracy"])
+    assert 0.0 <= sm["val_accuracy"] <= 1.0 and 0.0 <= sm["control_val_accuracy"] <= 1.0
+    assert sm["params"] > 0 and sm["initialised_from"] == "generalist"  # same arch and width
+    history = json.loads((run_dir / "student" / "history.json").read_text())
+    assert {"soft_loss", "hard_loss", "loss", "val_accuracy"} <= set(history[0])
+    control = json.loads((run_dir / "student" / "control" / "history.json").read_text())
+    assert "soft_loss" not in control[0] and "hard_loss" in control[0]
+    assert not list(run_dir.glob("student/**/checkpoint"))
+
 
 @pytest.mark.e2e
 def test_eval_prints_per_class_table_and_json(smoke_run):
@@ -88,7 +105,9 @@ def test_eval_prints_per_class_table_and_json(smoke_run):
     proc = run_cli("eval", str(run_dir))
     assert proc.returncode == 0, proc.stderr[-3000:]
     for name in ("airplane", "automobile", "cat", "truck", "generalist (%)", "ensemble (%)",
-                 "Δ ensemble (%)", "accuracy (%)", "specialist 0", "dustbin (%)"):  # fmt: skip
+                 "Δ ensemble (%)", "accuracy (%)", "specialist 0", "dustbin (%)",
+                 "distilled (%)", "hard-label (%)", "Δ distilled (%)",
+                 "Distillation vs the hard-label control"):  # fmt: skip
         assert name in proc.stdout
     proc = run_cli("eval", str(run_dir), "--json")
     payload = json.loads(proc.stdout)
@@ -100,6 +119,10 @@ def test_eval_prints_per_class_table_and_json(smoke_run):
     ens = payload["models"]["ensemble"]
     recorded = manifest(run_dir)["stages"]["ensemble"]["metrics"]["val_accuracy"]
     assert ens["accuracy"] == pytest.approx(recorded, abs=1e-9)
+    student = manifest(run_dir)["stages"]["student"]["metrics"]
+    assert payload["models"]["distilled"]["accuracy"] == pytest.approx(student["val_accuracy"])
+    control = payload["models"]["hard-label"]["accuracy"]
+    assert control == pytest.approx(student["control_val_accuracy"])
 
 
 @pytest.mark.e2e

@@ -144,3 +144,31 @@ def test_mixed_precision_keeps_float32_logits(tmp_path):
     probs = predict_probs(result.model, data.images)
     assert probs.dtype == np.float32 and np.allclose(probs.sum(1), 1.0, atol=1e-5)
     assert keras.config.dtype_policy().name == "float32"  # policy restored afterwards
+
+
+def test_distiller_resume_equals_uninterrupted(tmp_path):
+    """A Distiller checkpoint carries the student and optimizer (not the teacher) and resumes."""
+    from edgekd.distill import Distiller, ModelTeacher
+    from edgekd.schedules import Ramp
+
+    data = _tiny_data()
+    accel = accelerator.resolve("float32", False)
+    keras.utils.set_random_seed(7)
+    teacher = ModelTeacher(_build())
+
+    def wrap(student):
+        return Distiller(student, teacher, temperature=Ramp(6.0, 2.0, 12), soft_weight=0.7)
+
+    kwargs = dict(seed=3, augment=None, accel=accel, tensorboard=False, verbose=0, wrap=wrap)
+    straight = train_classifier(_build, _cfg(3), data, None, tmp_path / "a", **kwargs)
+    first = train_classifier(
+        _build, _cfg(3), data, None, tmp_path / "b", **kwargs, callbacks=[_StopAfter(2)]
+    )
+    assert len(first.history) == 2 and "soft_loss" in first.history[0]
+    resumed = train_classifier(_build, _cfg(3), data, None, tmp_path / "b", **kwargs)
+    assert resumed.resumed_from == 2
+    a, b = straight.model.student.weights, resumed.model.student.weights
+    for w_a, w_b in zip(a, b, strict=True):
+        np.testing.assert_allclose(np.asarray(w_a), np.asarray(w_b), rtol=1e-5, atol=1e-6)
+    # The temperature ramp is read from the restored optimizer step.
+    assert float(resumed.model.schedule_values()[0]) == pytest.approx(2.0)

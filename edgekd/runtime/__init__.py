@@ -1,0 +1,9 @@
+"""Running exported models without TensorFlow: LiteRT for .tflite, ONNX Runtime for .onnx.
+
+Nothing under `edgekd.runtime` imports TensorFlow (a test checks it), so `edgekd bench` and
+`edgekd predict` run on a device that has only the runtime wheels.
+"""
+
+from edgekd.runtime.base import Runner, TensorSpec, load_runner
+
+__all__ = ["Runner", "TensorSpec", "load_runner"]

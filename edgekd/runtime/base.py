@@ -1,0 +1,71 @@
+"""What every runtime offers: load a model file, describe its tensors, predict on pixels."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A model input or output as the file declares it.
+
+    `scale`/`zero_point` are set for quantised tensors: real = scale * (q - zero_point).
+    """
+
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: str  # numpy dtype name: "float32", "float16", "uint8", "int8"
+    scale: float | None = None
+    zero_point: int | None = None
+
+
+class Runner(Protocol):
+    """A loaded model file. `predict` takes RGB pixels 0..255 (N, H, W, 3), uint8 or float,
+    quantises them as the input tensor says, and returns float32 scores (N, K), dequantised."""
+
+    path: Path
+    input: TensorSpec
+    output: TensorSpec
+
+    def predict(self, images: np.ndarray) -> np.ndarray: ...
+
+
+def load_runner(path: str | Path, *, threads: int | None = None, **options) -> Runner:
+    """A runner for a .tflite or .onnx file, chosen by suffix."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such model file")
+    suffix = path.suffix.lower()
+    if suffix == ".tflite":
+        from edgekd.runtime.tflite import TFLiteRunner
+
+        return TFLiteRunner(path, threads=threads, **options)
+    if suffix == ".onnx":
+        from edgekd.runtime.onnx import OnnxRunner
+
+        return OnnxRunner(path, threads=threads, **options)
+    raise ValueError(f"{path}: unknown model format {suffix!r} (expected .tflite or .onnx)")
+
+
+def quantize_input(images: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    """Pixels 0..255 in the dtype the input tensor wants, using its own quantisation."""
+    x = np.asarray(images, np.float32)
+    if spec.dtype in ("float32", "float16"):
+        return x.astype(spec.dtype)
+    info = np.iinfo(spec.dtype)
+    if spec.scale is None or spec.scale == 0.0:
+        raise ValueError(f"input {spec.name!r} is {spec.dtype} but has no quantisation scale")
+    q = np.round(x / spec.scale + (spec.zero_point or 0))
+    return np.clip(q, info.min, info.max).astype(spec.dtype)
+
+
+def dequantize_output(values: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    """Scores as float32, undoing the output tensor's quantisation if it has one."""
+    v = np.asarray(values)
+    if spec.dtype in ("uint8", "int8", "int16") and spec.scale:
+        return (spec.scale * (v.astype(np.float32) - (spec.zero_point or 0))).astype(np.float32)
+    return v.astype(np.float32)
