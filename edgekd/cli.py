@@ -110,6 +110,9 @@ def evaluate(run: str, data_spec: str | None, split: str, as_json: bool) -> None
     help="Comma-separated: tflite,onnx,tensorrt,saved_model. Default: the recipe's export.formats.",
 )
 @click.option("--members", is_flag=True, default=None, help="Also the generalist and specialists.")
+@click.option(
+    "--qat", is_flag=True, default=None, help="Also int8 TFLite after quantisation-aware training."
+)
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Default: RUN/export.")
 @click.option("--force", is_flag=True, help="Exit 0 even if a file fails the parity gate.")
 @click.option(
@@ -127,6 +130,7 @@ def export(
     int8: bool,
     formats: str | None,
     members: bool | None,
+    qat: bool | None,
     out: str | None,
     force: bool,
     overrides: tuple[str, ...],
@@ -150,7 +154,8 @@ def export(
                 param_hint="--format",
             )
     export_run(
-        run, formats=fmts, precisions=tuple(picked) or None, members=members or None, out=out,
+        run, formats=fmts, precisions=tuple(picked) or None, members=members or None,
+        qat=qat or None, out=out,
         force=force, overrides=overrides, log=click.echo,
     )  # fmt: skip
 

@@ -105,6 +105,7 @@ def export_run(
     formats: tuple[str, ...] | None = None,
     precisions: tuple[str, ...] | None = None,
     members: bool | None = None,
+    qat: bool | None = None,
     out: str | Path | None = None,
     force: bool = False,
     overrides: tuple[str, ...] = (),
@@ -121,7 +122,12 @@ def export_run(
     cfg = recipe.export.model_copy(
         update={
             k: v
-            for k, v in {"formats": formats, "precisions": precisions, "members": members}.items()
+            for k, v in {
+                "formats": formats,
+                "precisions": precisions,
+                "members": members,
+                "qat": qat,
+            }.items()
             if v is not None
         }
     )
@@ -160,6 +166,10 @@ def export_run(
         model, cfg.model, out_dir, cfg, calib, val.images, val.labels,
         {**context, "stage": stage, "artifact": artifact}, log,
     )  # fmt: skip
+    if cfg.qat:
+        variants.append(
+            _export_qat(run, recipe, cfg, model, out_dir, data, calib, val, context, log)
+        )
     if cfg.members:
         variants += _export_members(run, recipe, cfg, out_dir / "members", calib, val, context, log)
     summary = [_row(v) for v in variants]
@@ -189,7 +199,6 @@ def export_model(
 ) -> list[Variant]:
     """Every requested format x precision of one Keras model, each checked and carded."""
     from edgekd.models import model_summary_stats
-    from edgekd.runtime import load_runner
     from edgekd.trainer import predict_logits
 
     reference = predict_logits(model, images)
@@ -210,46 +219,60 @@ def export_model(
             if fmt == "onnx" and precision == "float32":
                 onnx_float = path
             variant = Variant(name, fmt, precision, path, note=note)
-            card: dict[str, Any] = {
-                **context,
-                "model": name,
-                "format": fmt,
-                "precision": precision,
-                "file": path.name,
-                "created": now(),
-                "convert_s": round(time.perf_counter() - t0, 1),
-                "params": stats["params"],
-                "macs": stats["macs"],
-                "labels": "labels.txt",
-                "edgekd": package_versions().get("edgekd"),
-            }
-            if path.is_file():
-                card["size_bytes"] = path.stat().st_size
-                card["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
-            if fmt in ("tflite", "onnx"):
-                runner = load_runner(
-                    path, threads=cfg.threads, batch_size=min(64, len(images)) or 1
-                )
-                card["runtime"] = getattr(runner, "runtime", "")
-                card["input"] = {**runner.input.__dict__, "layout": "NHWC", "pixels": "RGB 0..255"}
-                card["output"] = {**runner.output.__dict__, "meaning": "logits, labels.txt order"}
-                card["parity"] = parity(runner, images, labels, reference, cfg.tolerance_pp)
-                p = card["parity"]
-                log(
-                    f"[export] {path.name}: {100 * p['accuracy']:.2f}% (Keras "
-                    f"{100 * p['keras_accuracy']:.2f}%), agreement {100 * p['top1_agreement']:.2f}%"
-                    f", max logit error {p['max_logit_error']:.3g}"
-                    + ("" if p["passed"] else "  FAILS the parity gate")
-                )
-            if fmt == "onnx" and precision == "int8":
-                from edgekd.converters.onnx import describe_qdq
-
-                card["qdq"] = describe_qdq(path)
-            variant.card = card
-            if path.exists():
-                atomic.write_json(path.with_name(path.name + ".json"), card)
+            variant.card = check_and_card(
+                path, fmt, precision, {**context, "model": name, "params": stats["params"],
+                "macs": stats["macs"], "convert_s": round(time.perf_counter() - t0, 1)},
+                cfg, images, labels, reference, log,
+            )  # fmt: skip
             variants.append(variant)
     return variants
+
+
+def check_and_card(
+    path: Path,
+    fmt: str,
+    precision: str,
+    context: dict[str, Any],
+    cfg: ExportConfig,
+    images: np.ndarray,
+    labels: np.ndarray,
+    reference: np.ndarray,
+    log: Any = print,
+) -> dict[str, Any]:
+    """Run one exported file with its runtime against the Keras reference; write its card."""
+    from edgekd.runtime import load_runner
+
+    card: dict[str, Any] = {
+        **context,
+        "format": fmt,
+        "precision": precision,
+        "file": path.name,
+        "created": now(),
+        "labels": "labels.txt",
+        "edgekd": package_versions().get("edgekd"),
+    }
+    if path.is_file():
+        card["size_bytes"] = path.stat().st_size
+        card["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    if fmt in ("tflite", "onnx"):
+        runner = load_runner(path, threads=cfg.threads, batch_size=min(64, len(images)) or 1)
+        card["runtime"] = getattr(runner, "runtime", "")
+        card["input"] = {**runner.input.__dict__, "layout": "NHWC", "pixels": "RGB 0..255"}
+        card["output"] = {**runner.output.__dict__, "meaning": "logits, labels.txt order"}
+        card["parity"] = p = parity(runner, images, labels, reference, cfg.tolerance_pp)
+        log(
+            f"[export] {path.name}: {100 * p['accuracy']:.2f}% (Keras "
+            f"{100 * p['keras_accuracy']:.2f}%), agreement {100 * p['top1_agreement']:.2f}%, "
+            f"max logit error {p['max_logit_error']:.3g}"
+            + ("" if p["passed"] else "  FAILS the parity gate")
+        )
+    if fmt == "onnx" and precision == "int8":
+        from edgekd.converters.onnx import describe_qdq
+
+        card["qdq"] = describe_qdq(path)
+    if path.exists():
+        atomic.write_json(path.with_name(path.name + ".json"), card)
+    return card
 
 
 def _convert(
@@ -303,6 +326,61 @@ def _convert(
             model.export(str(tmp), format="tf_saved_model", verbose=False)
         return path, ""
     raise ValueError(f"unknown format {fmt!r}")
+
+
+def _export_qat(
+    run: RunDir,
+    recipe: Recipe,
+    cfg: ExportConfig,
+    model: Any,
+    out_dir: Path,
+    data: Any,
+    calib: np.ndarray,
+    val: Any,
+    context: dict[str, Any],
+    log: Any,
+) -> Variant:
+    """Quantisation-aware fine-tuning, then int8 TFLite; the distilled student keeps its
+    distillation loss (the teacher's targets at the recipe's final T, once per image)."""
+    from edgekd.converters.qat import qat_int8_tflite
+    from edgekd.recipe import RampConfig
+    from edgekd.trainer import predict_logits
+
+    section = recipe.generalist if cfg.model == "generalist" else recipe.student
+    soft = None
+    temperature = 4.0
+    lam = 0.0
+    if cfg.model == "student":
+        from edgekd.ensemble.gated import load_gated_ensemble
+        from edgekd.losses import temper
+
+        st = recipe.student
+        last = lambda v: v.end if isinstance(v, RampConfig) else v  # noqa: E731
+        temperature, lam = last(st.temperature), last(st.soft_weight)
+        log(f"[export] QAT: teacher targets for {len(data.train)} training images")
+        probs = load_gated_ensemble(run.path).predict(data.train.images).probs
+        soft = np.asarray(temper(probs, temperature), np.float32)
+    path = out_dir / f"{cfg.model}-int8-qat.tflite"
+    t0 = time.perf_counter()
+    info = qat_int8_tflite(
+        model, path, arch=section.arch, width=section.width,
+        num_classes=len(data.class_names), input_shape=tuple(data.train.images.shape[1:]),
+        images=data.train.images, labels=data.train.labels, soft_targets=soft,
+        temperature=float(temperature), soft_weight=float(lam), epochs=cfg.qat_epochs,
+        batch_size=section.batch_size, lr=cfg.qat_lr, calibration=calib, io_dtype=cfg.int8_io,
+        seed=recipe.seed, log=log,
+    )  # fmt: skip
+    from edgekd.models import model_summary_stats
+
+    stats = model_summary_stats(model)
+    card = check_and_card(
+        path, "tflite", "int8", {**context, "model": cfg.model, "params": stats["params"],
+        "macs": stats["macs"], "convert_s": round(time.perf_counter() - t0, 1),
+        "qat": {k: v for k, v in info.items() if k != "path"}},
+        cfg, val.images, val.labels, predict_logits(model, val.images), log,
+    )  # fmt: skip
+    variant = Variant(cfg.model, "tflite", "int8", path, card=card, note="QAT")
+    return variant
 
 
 def _trt_precision(precision: str) -> str:

@@ -277,6 +277,11 @@ class ExportConfig(_Section):
         1.0, ge=0.0, description="largest accuracy drop (points) before export fails"
     )
     members: bool = Field(False, description="also export the generalist and the specialists")
+    qat: bool = Field(
+        False, description="also write <model>-int8-qat.tflite: quantisation-aware fine-tuning"
+    )
+    qat_epochs: int = Field(1, ge=1, le=1000)
+    qat_lr: float = Field(1e-3, gt=0.0, le=1.0)
     threads: int | None = Field(None, ge=1, description="runtime threads for the parity run")
 
 
