@@ -22,6 +22,9 @@ class _Group(click.Group):
     """Maps user errors to one line on stderr and exit code 2; Ctrl-C to 130."""
 
     def invoke(self, ctx: click.Context):
+        from edgekd import interrupts
+
+        interrupts.install()
         native = NativeLogFilter()
         native.start()
         try:

@@ -19,7 +19,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from edgekd import atomic
+from edgekd import atomic, interrupts
 from edgekd.accelerator import Accelerator, distribution_scope, precision_policy
 from edgekd.data import Augment, ImageBatches, ImageSet
 from edgekd.losses import SparseCrossentropy
@@ -87,6 +87,17 @@ class EpochCheckpoint(keras.callbacks.Callback):
         for old in self.directory.glob("epoch-*.keras"):
             if old.name != name:
                 old.unlink(missing_ok=True)
+
+
+class StopOnInterrupt(keras.callbacks.Callback):
+    """Re-raise a Ctrl-C that TensorFlow swallowed inside its input pipeline (see
+    `edgekd.interrupts`); the last finished epoch's checkpoint stays for resuming."""
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        if interrupts.requested():
+            raise KeyboardInterrupt
+
+    on_test_batch_end = on_train_batch_end
 
 
 def compile_classifier(
@@ -190,6 +201,7 @@ def train_classifier(
     train_batches.epoch = initial_epoch
 
     all_callbacks: list[keras.callbacks.Callback] = [
+        StopOnInterrupt(),
         EpochCheckpoint(ckpt_dir, history, steps * train_batches.batch_size),
         *callbacks,
     ]
