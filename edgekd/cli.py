@@ -112,6 +112,12 @@ def evaluate(run: str, data_spec: str | None, split: str, as_json: bool) -> None
     metavar="LIST",
     help="Comma-separated: tflite,onnx,tensorrt,saved_model. Default: the recipe's export.formats.",
 )
+@click.option(
+    "--int8-io",
+    type=click.Choice(["uint8", "int8", "float32"]),
+    default=None,
+    help="Input/output tensors of int8 TFLite files. Default: the recipe's export.int8_io.",
+)
 @click.option("--members", is_flag=True, default=None, help="Also the generalist and specialists.")
 @click.option(
     "--qat", is_flag=True, default=None, help="Also int8 TFLite after quantisation-aware training."
@@ -132,6 +138,7 @@ def export(
     dynamic: bool,
     int8: bool,
     formats: str | None,
+    int8_io: str | None,
     members: bool | None,
     qat: bool | None,
     out: str | None,
@@ -159,7 +166,8 @@ def export(
     export_run(
         run, formats=fmts, precisions=tuple(picked) or None, members=members or None,
         qat=qat or None, out=out,
-        force=force, overrides=overrides, log=click.echo,
+        force=force, log=click.echo,
+        overrides=(*overrides, *((f"export.int8_io={int8_io}",) if int8_io else ())),
     )  # fmt: skip
 
 

@@ -205,10 +205,14 @@ def export_model(
     stats = model_summary_stats(model)
     variants: list[Variant] = []
     onnx_float: Path | None = None
+    unsupported = [
+        f"{fmt} {p}" for fmt in cfg.formats for p in cfg.precisions if p not in SUPPORTED[fmt]
+    ]
+    if unsupported:
+        log(f"[export] {name}: no such variant, skipped: {', '.join(unsupported)}")
     for fmt in cfg.formats:
         for precision in cfg.precisions:
             if precision not in SUPPORTED[fmt]:
-                variants.append(Variant(name, fmt, precision, None, note="not supported"))
                 continue
             t0 = time.perf_counter()
             try:
@@ -251,7 +255,7 @@ def check_and_card(
         "labels": "labels.txt",
         "edgekd": package_versions().get("edgekd"),
     }
-    if path.is_file():
+    if path.is_file() and path.suffix != ".sh":
         card["size_bytes"] = path.stat().st_size
         card["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
     if fmt in ("tflite", "onnx"):
