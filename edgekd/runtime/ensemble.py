@@ -1,0 +1,216 @@
+"""Run an exported gated ensemble (`edgekd export --members`) without TensorFlow or Keras.
+
+The `members/` folder holds `ensemble.json` and one file per member and format/precision.
+`EnsembleRunner` reproduces `edgekd.ensemble.gated.GatedEnsemble.predict`: the generalist
+runs on every image, the gate picks specialists from its top-n classes, each specialist runs
+only on the images that woke it (gather -> run -> scatter), and the softmaxed outputs are
+fused by the numpy port of the KL solver (`edgekd.runtime.fusion`). The exported files
+output logits, with any dustbin prior correction already inside the specialists' logits.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekd.runtime.base import Runner, load_runner
+from edgekd.runtime.fusion import fuse, gate, membership_matrix, softmax
+
+__all__ = ["EnsembleResult", "EnsembleRunner"]
+
+_FORMATS = ("tflite", "onnx")
+
+
+@dataclass
+class EnsembleResult:
+    """Fused probabilities plus which specialists ran on which image."""
+
+    probs: np.ndarray  # (N, K) fused
+    general: np.ndarray  # (N, K) the generalist's own
+    active: np.ndarray  # (N, M) 0/1
+
+    @property
+    def activation_rate(self) -> np.ndarray:
+        """Share of images on which each specialist ran, (M,)."""
+        if len(self.active) == 0:
+            return np.zeros(self.active.shape[1], np.float32)
+        return self.active.mean(0)
+
+    @property
+    def members_per_image(self) -> float:
+        """Models run per image on average: the generalist plus the woken specialists."""
+        if len(self.active) == 0 or self.active.shape[1] == 0:
+            return 1.0
+        return float(1.0 + self.active.sum(1).mean())
+
+
+class EnsembleRunner:
+    """The gated ensemble of an exported `members/` folder, on LiteRT or ONNX Runtime.
+
+    Args:
+        members_dir: the folder with `ensemble.json` and the member files.
+        format: "tflite" or "onnx".
+        precision: as exported, e.g. "float32", "float16", "dynamic", "int8".
+        threads: runtime threads per member (None: the runtime's default).
+        **runner_options: passed to every member's runner (`batch_size`, tflite `xnnpack`).
+
+    Attributes:
+        classes: class names, in output order.
+        groups: class indices each specialist covers.
+        files: member name ("generalist", "specialist_0", ...) -> model file.
+        runtime: the runtime name of the generalist's runner ("litert", "onnxruntime", ...).
+        config: the parsed `ensemble.json`.
+
+    Raises:
+        FileNotFoundError: no `ensemble.json`, or a member file it names is missing.
+        ValueError: an unknown format, a member without the requested format/precision, or
+            a member whose output width does not fit its group.
+    """
+
+    def __init__(
+        self,
+        members_dir: str | Path,
+        *,
+        format: str = "tflite",  # noqa: A002  (the export's own word for it)
+        precision: str = "float32",
+        threads: int | None = None,
+        **runner_options: Any,
+    ) -> None:
+        self.members_dir = Path(members_dir)
+        manifest = self.members_dir / "ensemble.json"
+        if not manifest.is_file():
+            raise FileNotFoundError(
+                f"{manifest}: no such file; point at the members/ folder written by "
+                "`edgekd export --members`"
+            )
+        if format not in _FORMATS:
+            raise ValueError(f"format must be one of {_FORMATS}, got {format!r}")
+        self.config: dict[str, Any] = json.loads(manifest.read_text())
+        cfg = self.config
+        self.format, self.precision = format, precision
+        self.classes: list[str] = list(cfg["classes"])
+        self.num_classes = len(self.classes)
+        self.groups: list[list[int]] = [[int(c) for c in g] for g in cfg["group_indices"]]
+        self.membership = membership_matrix(self.groups, self.num_classes)
+        self.dustbin = bool(cfg.get("dustbin", True))
+        gating = cfg.get("gating", {})
+        self.top_n = int(gating.get("top_n", 1))
+        confidence = gating.get("confidence")
+        self.confidence = None if confidence is None else float(confidence)
+        fusion = cfg.get("fusion", {})
+        self.iterations = int(fusion.get("iterations", 50))
+        self.tol = float(fusion.get("tol", 1e-6))
+        self.eps = float(fusion.get("eps", 1e-12))
+
+        members = cfg.get("members", {})
+        specialists = members.get("specialists", [])
+        if len(specialists) != len(self.groups):
+            raise ValueError(
+                f"{manifest}: {len(specialists)} specialists under 'members' for "
+                f"{len(self.groups)} groups"
+            )
+        key = f"{format}/{precision}"
+        entries = {"generalist": members.get("generalist", {})}
+        entries.update({f"specialist_{m}": s for m, s in enumerate(specialists)})
+        self.files: dict[str, Path] = {}
+        for name, entry in entries.items():
+            available = entry.get("files", {})
+            if key not in available:
+                raise ValueError(
+                    f"{manifest}: member {name!r} has no {key!r} file (it has: "
+                    f"{', '.join(sorted(available)) or 'none'}); export that format and "
+                    "precision, or pick one it has"
+                )
+            path = self.members_dir / available[key]
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: named by {manifest} for {name!r} {key}, missing")
+            self.files[name] = path
+
+        def load(name: str, width: int) -> Runner:
+            runner = load_runner(self.files[name], threads=threads, **runner_options)
+            got = runner.output.shape[-1] if runner.output.shape else None
+            if got is not None and got != width:
+                raise ValueError(
+                    f"{self.files[name]}: {got} outputs, but {manifest} implies {width} for "
+                    f"{name!r}"
+                )
+            return runner
+
+        self.generalist = load("generalist", self.num_classes)
+        extra = 1 if self.dustbin else 0
+        self.specialists: list[Runner] = [
+            load(f"specialist_{m}", len(g) + extra) for m, g in enumerate(self.groups)
+        ]
+        self.runtime: str = str(getattr(self.generalist, "runtime", ""))
+
+    def predict(self, images: np.ndarray) -> EnsembleResult:
+        """Fused class probabilities for RGB pixel images 0..255 (N, H, W, 3)."""
+        images = np.asarray(images)
+        general = softmax(self.generalist.predict(images))
+        n, m = len(images), len(self.groups)
+        if m == 0 or n == 0:
+            return EnsembleResult(general, general, np.zeros((n, m), np.float32))
+        active = gate(general, self.membership, top_n=self.top_n, confidence=self.confidence)
+        p_in = np.zeros((n, m, self.num_classes), np.float32)
+        p_dust = np.zeros((n, m), np.float32)
+        for s, runner in enumerate(self.specialists):
+            idx = np.flatnonzero(active[:, s] > 0)
+            if idx.size == 0:
+                continue
+            # Only the images that woke this specialist; all of them without a copy.
+            some = images if idx.size == n else images[idx]
+            self._place(p_in, p_dust, idx, s, softmax(runner.predict(some)))
+        probs = fuse(
+            general, p_in, p_dust, active, self.membership,
+            dustbin=self.dustbin, iterations=self.iterations, tol=self.tol, eps=self.eps,
+        )  # fmt: skip
+        return EnsembleResult(probs, general, active)
+
+    def predict_one(self, image: np.ndarray) -> EnsembleResult:
+        """The same for one image (H, W, 3) or (1, H, W, 3), for batch-1 latency: no gather,
+        each woken specialist sees the image itself. Returns a result with N = 1."""
+        x = np.asarray(image)
+        if x.ndim == 3:
+            x = x[None]
+        if len(x) != 1:
+            raise ValueError(f"predict_one takes one image, got shape {x.shape}")
+        general = softmax(self.generalist.predict(x))
+        m = len(self.groups)
+        active = gate(general, self.membership, top_n=self.top_n, confidence=self.confidence)
+        if m == 0 or not active.any():
+            return EnsembleResult(general, general, active.reshape(1, m))
+        p_in = np.zeros((1, m, self.num_classes), np.float32)
+        p_dust = np.zeros((1, m), np.float32)
+        row = np.zeros(1, np.int64)
+        for s in np.flatnonzero(active[0] > 0):
+            self._place(p_in, p_dust, row, int(s), softmax(self.specialists[s].predict(x)))
+        probs = fuse(
+            general, p_in, p_dust, active, self.membership,
+            dustbin=self.dustbin, iterations=self.iterations, tol=self.tol, eps=self.eps,
+        )  # fmt: skip
+        return EnsembleResult(probs, general, active)
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        """Fused probabilities (N, K)."""
+        return self.predict(images).probs
+
+    def _place(
+        self, p_in: np.ndarray, p_dust: np.ndarray, idx: np.ndarray, s: int, probs: np.ndarray
+    ) -> None:
+        """Scatter specialist s's probabilities for rows idx into p_in / p_dust."""
+        group = self.groups[s]
+        p_in[idx[:, None], s, np.asarray(group)[None, :]] = probs[:, : len(group)]
+        if self.dustbin:
+            p_dust[idx, s] = probs[:, -1]
+
+    def __repr__(self) -> str:
+        return (
+            f"EnsembleRunner({str(self.members_dir)!r}, format={self.format!r}, "
+            f"precision={self.precision!r}, runtime={self.runtime!r}, "
+            f"specialists={len(self.specialists)}, top_n={self.top_n}, "
+            f"confidence={self.confidence})"
+        )
