@@ -30,10 +30,10 @@ objective is concave in q and has one optimum. The no-dustbin objective is not c
 in q, but it is concave in the logits z = log q (sum w_k z_k - logsumexp(z) terms), so it
 has one optimum too, and EM reaches it.
 
-It needs no step size and never increases the objective (standard EM), but it crawls
-where much of the data is hidden: a big dustbin over classes the generalist barely sees,
-or a group that holds little of q. On random small cases plain EM took up to ~800
-(dustbin) and more than 10^5 (no-dustbin) iterations to get within 1e-5 of the optimum.
+EM alone crawls where much of the data is hidden: a big dustbin over classes the
+generalist barely sees, or a group that holds little of q. On random small cases plain EM
+took up to ~800 (dustbin) and more than 10^5 (no-dustbin) iterations to get within 1e-5 of
+the optimum.
 Two things make `fuse` fast:
 
 - The start. Classes that every active specialist treats alike (same side of every

@@ -118,7 +118,7 @@ class GatedEnsemble:
             "dustbin": self.dustbin,
             "gating": {"rule": "top_n_intersects_group", "top_n": self.top_n,
                        "confidence": self.confidence},
-            "fusion": {"objective": "KL(p_g,q) + sum_m KL(p_m, A_m q)", "solver": "em",
+            "fusion": {"objective": "KL(p_g,q) + sum_m KL(p_m, A_m q)", "solver": "em+newton",
                        "iterations": self.iterations},
         }  # fmt: skip
 
