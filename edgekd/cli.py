@@ -171,6 +171,108 @@ def export(
     )  # fmt: skip
 
 
+@main.command()
+@click.argument("export_dir", type=click.Path())
+@click.option(
+    "--device",
+    default=None,
+    metavar="NAME|PATH",
+    help="Device profile: devices/NAME.yaml or a built-in name (e.g. raspberry-pi-5).",
+)
+@click.option(
+    "--runtime",
+    type=click.Choice(["litert", "onnxruntime", "all"]),
+    default=None,
+    help="Which files to run: .tflite on LiteRT, .onnx on ONNX Runtime, or both. [default: all]",
+)
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Runtime threads.")
+@click.option(
+    "--data",
+    "data_spec",
+    default=None,
+    metavar="SPEC",
+    help="Images (folder:PATH, one sub-folder per class). Default: the run's validation split.",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    help="Images for accuracy and throughput: the first LIMIT/K of each class.",
+)
+@click.option(
+    "--batch", type=click.IntRange(min=1), default=None, help="Throughput batch. [default: 32]"
+)
+@click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True)
+@click.option(
+    "--runs", type=click.IntRange(min=1), default=100, show_default=True, help="Batch-1 calls."
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Report file. [default: EXPORT_DIR/bench.json]",
+)
+@click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Accuracy-vs-latency PNG (needs matplotlib). [default: EXPORT_DIR/bench.png]",
+)
+def bench(
+    export_dir: str,
+    device: str | None,
+    runtime: str | None,
+    threads: int | None,
+    data_spec: str | None,
+    limit: int,
+    batch: int | None,
+    warmup: int,
+    runs: int,
+    json_path: str | None,
+    plot_path: str | None,
+) -> None:
+    """Benchmark EXPORT_DIR's student files against its gated ensemble.
+
+    Latency (batch 1), throughput, peak memory, size and accuracy of every student file and
+    of the gated ensemble in members/, each in a fresh process; no TensorFlow needed.
+    """
+    from pathlib import Path
+
+    from edgekd.bench import format_report, run_bench, save_plot
+
+    report = run_bench(
+        export_dir, device=device, runtime=runtime, threads=threads, data=data_spec,
+        limit=limit, batch=batch, warmup=warmup, runs=runs, log=lambda m: click.echo(m, err=True),
+    )  # fmt: skip
+    click.echo(format_report(report))
+    out = Path(json_path) if json_path else Path(export_dir) / "bench.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    click.echo(f"report: {out}")
+    click.echo(save_plot(report, plot_path or Path(export_dir) / "bench.png"))
+
+
+@main.command()
+@click.argument("model", type=click.Path())
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Runtime threads.")
+def predict(model: str, images: tuple[str, ...], top_k: int, threads: int | None) -> None:
+    """Top-k labels and softmax scores of IMAGES.
+
+    MODEL is a .tflite/.onnx file (labels.txt beside it) or an export folder (its int8
+    student .tflite, else float32). No TensorFlow needed.
+    """
+    from edgekd.predict import format_predictions, predict_files
+
+    path, runtime, predictions = predict_files(model, images, top_k=top_k, threads=threads)
+    click.echo(f"model: {path} ({runtime})")
+    click.echo(format_predictions(predictions))
+
+
 @main.command(name="recipes")
 def list_recipes() -> None:
     """List the built-in recipes."""

@@ -18,6 +18,7 @@ NOISE = re.compile(
     rb"cuda_dnn|cuda_fft|cuda_blas|cuda_diagnostics)\.cc:|"
     rb"[IWE]0000 [\d:. ]+\d+ util\.cc:\d+\] oneDNN supports DT_BOOL only|"
     rb"To enable the following instructions:|"
+    rb"INFO: Created TensorFlow Lite XNNPACK delegate for CPU|"
     rb"An NVIDIA GPU may be present on this machine)"
 )
 

@@ -1,0 +1,173 @@
+"""`edgekd predict`: top-k labels for a few images from an exported .tflite/.onnx file.
+
+Runs on a device that has only the runtime wheels (`pip install "edgekd[runtime]"`): nothing
+here imports TensorFlow or Keras, only numpy, Pillow and `edgekd.runtime`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from edgekd.errors import DataError, EdgekdError
+
+# Which file an export folder's prediction uses, best first: the int8 student is the one a
+# device ships; float32 is the fallback when int8 was not exported.
+STUDENT_PREFERENCE = (
+    "student-int8.tflite",
+    "student.tflite",
+    "student-int8.onnx",
+    "student.onnx",
+)
+
+
+class ModelError(EdgekdError):
+    """A model file, export folder or labels file is missing or cannot be loaded."""
+
+
+@dataclass
+class Prediction:
+    """The top-k classes of one image, best first."""
+
+    image: Path
+    labels: list[str]
+    scores: list[float]
+
+
+def resolve_model(path: str | Path) -> Path:
+    """The model file `path` names: a .tflite/.onnx file, or the preferred student of an
+    export folder (int8 .tflite, else float32 .tflite, else .onnx)."""
+    p = Path(path)
+    if p.is_dir():
+        for name in STUDENT_PREFERENCE:
+            if (p / name).is_file():
+                return p / name
+        raise ModelError(
+            f"{p}: no student model in this folder (looked for {', '.join(STUDENT_PREFERENCE)}); "
+            "point at an `edgekd export` folder or a .tflite/.onnx file"
+        )
+    if not p.exists():
+        raise ModelError(f"{p}: no such model file or export folder")
+    if p.suffix.lower() not in (".tflite", ".onnx"):
+        raise ModelError(f"{p}: unknown model format {p.suffix!r} (expected .tflite or .onnx)")
+    return p
+
+
+def read_labels(model: Path, num_outputs: int | None = None) -> list[str]:
+    """Class names for `model`: labels.txt beside it, else the classes of its model card."""
+    labels_file = model.parent / "labels.txt"
+    if labels_file.is_file():
+        names = [line.strip() for line in labels_file.read_text().splitlines() if line.strip()]
+    else:
+        card = model.with_name(model.name + ".json")
+        names = []
+        if card.is_file():
+            try:
+                names = [str(c) for c in json.loads(card.read_text()).get("classes", [])]
+            except (OSError, ValueError):
+                names = []
+        if not names:
+            raise ModelError(
+                f"{labels_file}: no such file (needed to name {model.name}'s outputs); copy "
+                "labels.txt from the export folder next to the model"
+            )
+    if num_outputs is not None and len(names) != num_outputs:
+        raise ModelError(
+            f"{labels_file}: {len(names)} labels, but {model.name} has {num_outputs} outputs"
+        )
+    return names
+
+
+def read_image(path: str | Path, size: tuple[int, int] | None = None) -> np.ndarray:
+    """One image file as (H, W, 3) uint8 RGB, resized (bilinear, as training does) to
+    `size` = (height, width) when given and different.
+
+    Raises:
+        DataError: the file is missing or Pillow cannot decode it (the path is named).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{p}: no such image file")
+    try:
+        with Image.open(p) as image:
+            rgb = image.convert("RGB")
+        if size is not None and (rgb.height, rgb.width) != tuple(size):
+            rgb = rgb.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+        return np.asarray(rgb, dtype=np.uint8)
+    except Exception as exc:  # Pillow raises OSError, ValueError, SyntaxError, ...
+        raise DataError(f"{p}: cannot read image ({type(exc).__name__}: {exc})") from exc
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float64 (stable), returned as float32."""
+    z = np.asarray(logits, np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+def load_model(path: Path, threads: int | None = None):
+    """A runner for `path`, with a missing runtime or a broken file turned into ModelError."""
+    from edgekd.runtime import load_runner
+
+    try:
+        return load_runner(path, threads=threads)
+    except ImportError as exc:
+        raise ModelError(
+            f"{path}: cannot load it: {exc}; install the runtimes with "
+            'pip install "edgekd[runtime]"'
+        ) from exc
+    except (ValueError, RuntimeError) as exc:
+        raise ModelError(f"{path}: cannot load it: {exc}") from exc
+
+
+def predict_files(
+    model_or_export: str | Path,
+    images: Sequence[str | Path],
+    *,
+    top_k: int = 5,
+    threads: int | None = None,
+) -> tuple[Path, str, list[Prediction]]:
+    """Top-k predictions for each image file; returns (model file, runtime, predictions).
+
+    Every image is checked (and decoded) before the model runs, so a typo in the last path
+    fails fast instead of after a slow load.
+    """
+    if top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    if not images:
+        raise DataError("no image files given")
+    model = resolve_model(model_or_export)
+    for p in images:  # name a missing file before loading anything
+        if not Path(p).is_file():
+            raise DataError(f"{p}: no such image file")
+    runner = load_model(model, threads)
+    shape = runner.input.shape
+    size = None
+    if len(shape) == 4 and shape[1] is not None and shape[2] is not None:
+        size = (int(shape[1]), int(shape[2]))
+    k_out = runner.output.shape[-1] if runner.output.shape else None
+    names = read_labels(model, k_out)
+    out: list[Prediction] = []
+    for p in images:
+        pixels = read_image(p, size)
+        probs = softmax(runner.predict(pixels[None]))[0]
+        order = np.argsort(-probs, kind="stable")[: min(top_k, len(probs))]
+        out.append(Prediction(Path(p), [names[i] for i in order], [float(probs[i]) for i in order]))
+    return model, str(getattr(runner, "runtime", "")), out
+
+
+def format_predictions(predictions: Sequence[Prediction]) -> str:
+    """One block per image: its path, then rank, label and softmax score per line."""
+    lines: list[str] = []
+    for pred in predictions:
+        width = max(len(label) for label in pred.labels)
+        lines.append(f"{pred.image}")
+        for rank, (label, score) in enumerate(zip(pred.labels, pred.scores, strict=True), 1):
+            lines.append(f"  {rank}. {label:<{width}}  {score:.4f}")
+    return "\n".join(lines)

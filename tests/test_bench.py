@@ -1,0 +1,303 @@
+"""`edgekd bench` and `edgekd predict` on a device without TensorFlow or Keras.
+
+The commands run in a subprocess where importing tensorflow or keras fails (both set to
+None in sys.modules before the CLI loads; bench's per-model child processes inherit the
+block). The export folder is tiny and built here: an untrained 16x16 ResNet-10 as float32
+and int8 .tflite, a hand-made .onnx that reads the colour of the synthetic images, and a
+members/ folder whose generalist and specialist reuse the student files.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edgekd.bench import BenchError, device_profiles, find_targets, load_profile
+from edgekd.errors import DataError
+from tests.conftest import REPO
+from tests.synthetic import make_folder
+
+SHAPE = (16, 16, 3)
+CLASSES = ["class_0", "class_1", "class_2"]
+NO_TF = (
+    "import sys; sys.modules['tensorflow'] = None; sys.modules['keras'] = None; "
+    "from edgekd.cli import main; main()"
+)
+
+
+def run_no_tf(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """`edgekd ARGS` in a fresh interpreter in which tensorflow and keras cannot be imported."""
+    return subprocess.run(
+        [sys.executable, "-c", NO_TF, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _colour_onnx(path: Path) -> None:
+    """A float32 ONNX classifier without TensorFlow: logits = mean RGB / 50 (class k is the
+    k-th colour of tests.synthetic, red/green/blue-dominated, so it is always right)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.eye(3, dtype=np.float32) / 50, name="w")
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceMean", ["pixels"], ["mean"], axes=[1, 2], keepdims=0),
+            helper.make_node("MatMul", ["mean", "w"], ["logits"]),
+        ],
+        "colour",
+        [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, [None, *SHAPE])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, 3])],
+        initializer=[weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
+def _card(path: Path, precision: str, **extra) -> None:
+    card = {"format": path.suffix[1:], "precision": precision, "classes": CLASSES,
+            "params": 1000, "input": {"shape": [None, *SHAPE]}, **extra}  # fmt: skip
+    path.with_name(path.name + ".json").write_text(json.dumps(card))
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    """3 classes x 8 synthetic 20x20 images (bench and predict resize them to 16x16)."""
+    return make_folder(tmp_path_factory.mktemp("images"), classes=3, per_class=8, size=20)
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory, images) -> Path:
+    """student.tflite, student-int8.tflite, student.onnx, labels.txt, cards, members/."""
+    from edgekd.converters.tflite import export_tflite
+    from edgekd.models import build_model
+
+    out = tmp_path_factory.mktemp("export")
+    model = build_model("resnet10", num_classes=3, width=4, input_shape=SHAPE)
+    calibration = np.random.default_rng(0).integers(0, 256, (16, *SHAPE), dtype=np.uint8)
+    export_tflite(model, out / "student.tflite")
+    export_tflite(
+        model, out / "student-int8.tflite", precision="int8", representative=calibration,
+        io_dtype="uint8",
+    )  # fmt: skip
+    _card(out / "student.tflite", "float32")
+    _card(out / "student-int8.tflite", "int8")
+    if importlib.util.find_spec("onnx") is not None:  # optional: the export extra
+        _colour_onnx(out / "student.onnx")
+        _card(out / "student.onnx", "float32")
+    (out / "labels.txt").write_text("\n".join(CLASSES) + "\n")
+
+    # members/: a generalist (3 classes) and one specialist for {0, 1} plus its dustbin,
+    # 3 outputs as well, so the student files stand in for both.
+    members = out / "members"
+    members.mkdir()
+    files = {}
+    for member in ("generalist", "specialist_0"):
+        files[member] = {}
+        for key, src in (
+            ("tflite/float32", "student.tflite"),
+            ("tflite/int8", "student-int8.tflite"),
+        ):
+            name = f"{member}{'-int8' if key.endswith('int8') else ''}.tflite"
+            shutil.copy(out / src, members / name)
+            files[member][key] = name
+    config = {
+        "classes": CLASSES,
+        "groups": [CLASSES[:2]],
+        "group_indices": [[0, 1]],
+        "dustbin": True,
+        "gating": {"rule": "top_n_intersects_group", "top_n": 1, "confidence": None},
+        "fusion": {"solver": "em", "iterations": 50, "tol": 1e-6, "eps": 1e-12},
+        "members": {
+            "generalist": {"files": files["generalist"], "outputs": CLASSES},
+            "specialists": [
+                {
+                    "files": files["specialist_0"],
+                    "classes": CLASSES[:2],
+                    "outputs": [*CLASSES[:2], "<dustbin>"],
+                }
+            ],
+        },  # fmt: skip
+        "input": {"layout": "NHWC", "pixels": "RGB 0..255", "shape": list(SHAPE)},
+    }
+    (members / "ensemble.json").write_text(json.dumps(config))
+    return out
+
+
+def test_bench_without_tensorflow(export_dir, images, tmp_path):
+    report_path = tmp_path / "bench.json"
+    proc = run_no_tf(
+        "bench", str(export_dir), "--data", f"folder:{images}", "--limit", "12", "--runs", "6",
+        "--warmup", "2", "--batch", "4", "--json", str(report_path),
+        "--plot", str(tmp_path / "bench.png"),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    report = json.loads(report_path.read_text())
+    rows = {(r["model"], r["precision"], r["format"]): r for r in report["rows"]}
+    expected = {
+        ("student", "float32", "tflite"),
+        ("student", "int8", "tflite"),
+        ("ensemble", "float32", "tflite"),
+        ("ensemble", "int8", "tflite"),
+    }
+    if (export_dir / "student.onnx").exists():
+        expected.add(("student", "float32", "onnx"))
+    assert set(rows) == expected
+    assert report["data"]["images"] == 12  # 12 // 3 classes = 4 per class
+    for key, row in rows.items():
+        assert "error" not in row, (key, row.get("error"))
+        assert 0.0 <= row["accuracy"] <= 1.0
+        lat = row["latency_ms"]
+        assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"]
+        assert row["size_bytes"] > 0 and row["throughput_ips"] > 0
+        assert row["rss_mb"]["peak"] > 0
+        assert row["tensorflow_imported"] is False
+    table = [line for line in out.splitlines() if line.startswith(("| student", "| ensemble"))]
+    assert len(table) == len(rows)  # one table line per row
+    if ("student", "float32", "onnx") in rows:
+        assert rows["student", "float32", "onnx"]["accuracy"] == 1.0  # reads the colour
+    ens = rows["ensemble", "float32", "tflite"]
+    assert ens["size_bytes"] == 2 * rows["student", "float32", "tflite"]["size_bytes"]
+    assert 1.0 <= ens["members_per_image"] <= 2.0
+    assert len(ens["activation_rate"]) == 1
+    assert any(c["student"] == "int8 tflite" for c in report["comparisons"])
+    assert "student int8 tflite vs gated ensemble float32 tflite" in out
+    assert "faster at p50" in out and "pp" in out
+    assert "| model" in out and "p99 ms" in out and "peak RSS MB" in out
+    plot_line = out.strip().splitlines()[-1]
+    try:
+        import matplotlib  # noqa: F401
+
+        assert (tmp_path / "bench.png").is_file()
+    except ImportError:
+        assert plot_line == "plot skipped: matplotlib not installed (pip install matplotlib)"
+
+
+def test_bench_export_without_members_and_device_profile(export_dir, images, tmp_path):
+    bare = tmp_path / "export"
+    shutil.copytree(export_dir, bare, ignore=shutil.ignore_patterns("members"))
+    profile = tmp_path / "tiny-device.yaml"
+    profile.write_text("runtime: litert\nthreads: 1\nprecisions: [int8]\nbatch: 4\n")
+    proc = run_no_tf(
+        "bench", str(bare), "--device", str(profile), "--data", f"folder:{images}",
+        "--limit", "6", "--runs", "3", "--warmup", "1",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((bare / "bench.json").read_text())
+    assert [(r["model"], r["precision"], r["format"]) for r in report["rows"]] == [
+        ("student", "int8", "tflite")
+    ]
+    assert report["settings"]["threads"] == 1 and report["settings"]["batch"] == 4
+    assert report["device"]["name"] == "tiny-device"
+    assert "no gated ensemble rows" in proc.stdout
+
+
+def test_device_profiles_load():
+    names = device_profiles()
+    assert {"jetson-orin-nano", "jetson-nano", "raspberry-pi-5", "raspberry-pi-4",
+            "x86-cpu"} <= set(names)  # fmt: skip
+    for name in names:
+        profile = load_profile(name)
+        assert profile.runtime in ("litert", "onnxruntime", "all")
+        assert profile.install and profile.notes, name
+    pi = load_profile("raspberry-pi-5")
+    assert (pi.runtime, pi.threads, pi.xnnpack) == ("litert", 4, True)
+    nano = load_profile(REPO / "devices" / "jetson-nano.yaml")
+    assert nano.precisions == ["float32"] and nano.fp16
+    assert "support window" in nano.install
+
+
+def test_bad_profile_names_file_and_key(tmp_path, export_dir):
+    bad = tmp_path / "typo.yaml"
+    bad.write_text("runtime: litert\nthread: 4\n")
+    with pytest.raises(BenchError, match=r"typo\.yaml: key 'thread': unknown key"):
+        load_profile(bad)
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("delegate:\n  xnnpak: true\n")
+    with pytest.raises(BenchError, match=r"nested\.yaml: key 'delegate\.xnnpak'"):
+        load_profile(nested)
+    with pytest.raises(BenchError, match="built-in: .*raspberry-pi-5"):
+        load_profile("no-such-device")
+    proc = run_no_tf("bench", str(export_dir), "--device", str(bad))
+    assert proc.returncode == 2
+    assert "typo.yaml" in proc.stderr and "'thread'" in proc.stderr
+
+
+def test_default_images_are_the_runs_validation_split(tmp_path):
+    """Without --data, bench reads the run's recipe and picks from its validation split."""
+    from edgekd.bench import load_eval_images
+    from edgekd.data.folder import scan_folder
+    from edgekd.data.split import stratified_split
+
+    root = make_folder(tmp_path / "images", classes=3, per_class=12, size=16)
+    run = tmp_path / "run"
+    (run / "export").mkdir(parents=True)
+    # A path relative to where training ran (here: the run's parent folder).
+    (run / "recipe.yaml").write_text(
+        "seed: 3\ndata:\n  path: folder:images\n  val_fraction: 0.25\n"
+    )
+    got = load_eval_images(run / "export", None, 6, (16, 16), CLASSES)
+    assert "validation split" in got.selection and len(got.images) == 6
+    index = scan_folder(root)
+    _, val = stratified_split(index.labels, 0.25, seed=3)
+    decoded = np.stack([np.asarray(Image.open(root / index.files[i])) for i in val])
+    for image, label in zip(got.images, got.labels, strict=True):
+        match = np.flatnonzero((decoded == image).all(axis=(1, 2, 3)))
+        assert match.size == 1 and index.labels[val[match[0]]] == label
+    (run / "recipe.yaml").write_text("data:\n  path: folder:nowhere\n")
+    with pytest.raises(DataError, match="recipe.yaml data.path"):
+        load_eval_images(run / "export", None, 6, (16, 16), CLASSES)
+
+
+def test_find_targets_filters(export_dir):
+    int8 = find_targets(export_dir, ["tflite"], ["int8"])
+    assert [(t.model, t.precision) for t in int8] == [("student", "int8"), ("ensemble", "int8")]
+    assert int8[1].size_bytes == sum(f.stat().st_size for f in int8[1].files)
+
+
+def test_predict_prints_top_k(export_dir, images):
+    files = [str(images / "class_0" / "0000.png"), str(images / "class_2" / "0001.png")]
+    proc = run_no_tf("predict", str(export_dir), *files, "--top-k", "2")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0].startswith("model: ") and "student-int8.tflite" in lines[0]
+    for f in files:
+        block = lines[lines.index(f) + 1 : lines.index(f) + 3]
+        assert [line.split()[0] for line in block] == ["1.", "2."]
+        assert all(line.split()[1] in CLASSES for line in block)
+        scores = [float(line.split()[2]) for line in block]
+        assert 0 <= scores[1] <= scores[0] <= 1
+
+    onnx_file = export_dir / "student.onnx"
+    if onnx_file.exists():
+        proc = run_no_tf("predict", str(onnx_file), files[1], "--top-k", "1")
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip().splitlines()[-1].split()[1] == "class_2"
+
+
+def test_predict_errors_exit_2(export_dir, tmp_path):
+    missing = tmp_path / "nope.jpg"
+    proc = run_no_tf("predict", str(export_dir), str(missing))
+    assert proc.returncode == 2
+    assert str(missing) in proc.stderr and "no such image file" in proc.stderr
+
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    proc = run_no_tf("predict", str(export_dir / "student.tflite"), str(broken))
+    assert proc.returncode == 2 and "broken.jpg: cannot read image" in proc.stderr
+
+    proc = run_no_tf("predict", str(tmp_path / "missing.tflite"), str(broken))
+    assert proc.returncode == 2 and "missing.tflite: no such model file" in proc.stderr
