@@ -676,6 +676,22 @@ def measure(target: Target, spec: dict[str, Any], workdir: Path, timeout: float)
 # --------------------------------------------------------------------------------- the bench
 
 
+def merge_rounds(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One row from several rounds: medians of the timings, the rest from the first round
+    (accuracy and memory do not depend on the round). An error in any round wins."""
+    errors = [r for r in results if "error" in r]
+    if errors:
+        return errors[0]
+    merged = dict(results[0])
+    keys = results[0]["latency_ms"].keys()
+    merged["latency_ms"] = {k: float(np.median([r["latency_ms"][k] for r in results]))
+                            for k in keys}  # fmt: skip
+    merged["p50_by_round"] = [r["latency_ms"]["p50"] for r in results]
+    ips = [r["throughput_ips"] for r in results if r.get("throughput_ips")]
+    merged["throughput_ips"] = float(np.median(ips)) if ips else None
+    return merged
+
+
 def _runtime_available(runtime: str) -> bool:
     modules = ("ai_edge_litert", "tflite_runtime") if runtime == "litert" else ("onnxruntime",)
     for module in modules:
@@ -746,10 +762,15 @@ def run_bench(
     batch: int | None = None,
     warmup: int = 10,
     runs: int = 100,
+    rounds: int = 3,
     timeout: float = 1800,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Measure every student file and the gated ensemble of `export_dir`; the JSON report.
+
+    Each model is measured `rounds` times, each time in a fresh process, the rounds
+    interleaved (A B C, A B C, ...) so that a slow spell on a shared machine hits every row
+    alike; latency and throughput are the medians over rounds.
 
     Flags given here override the device profile's values, which override the defaults
     (all runtimes, the runtime's default threads, batch 32, XNNPACK on).
@@ -767,6 +788,7 @@ def run_bench(
     threads = threads if threads is not None else profile.threads
     batch = batch if batch is not None else profile.batch
     for name, value, low in (("--limit", limit, 1), ("--batch", batch, 1), ("--runs", runs, 1),
+                             ("--rounds", rounds, 1),
                              ("--warmup", warmup, 0), ("--threads", threads or 1, 1)):  # fmt: skip
         if value < low:
             raise BenchError(f"{name} must be >= {low}, got {value}")
@@ -797,7 +819,7 @@ def run_bench(
         f"{len(targets)} models, each in a fresh process")  # fmt: skip
 
     settings = {"threads": threads, "batch": batch, "warmup": warmup, "runs": runs,
-                "xnnpack": profile.xnnpack}  # fmt: skip
+                "rounds": rounds, "xnnpack": profile.xnnpack}  # fmt: skip
     rows: list[dict[str, Any]] = []
     predictions: dict[str, np.ndarray] = {}
     with tempfile.TemporaryDirectory(prefix="edgekd-bench-") as tmp:
@@ -809,8 +831,14 @@ def run_bench(
             "gpu": profile.gpu, "tensorrt": profile.tensorrt, "fp16": profile.fp16,
             "trt_cache": str(export_dir / "trt-cache"),
         }  # fmt: skip
+        per_round: list[list[dict[str, Any]]] = [[] for _ in targets]
+        for r in range(rounds):
+            for i, target in enumerate(targets):
+                per_round[i].append(measure(target, spec, work, timeout))
+            if rounds > 1:
+                say(f"round {r + 1}/{rounds} done")
         for i, target in enumerate(targets, 1):
-            result = measure(target, spec, work, timeout)
+            result = merge_rounds(per_round[i - 1])
             row: dict[str, Any] = {
                 "model": target.model,
                 "format": target.format,
@@ -939,7 +967,8 @@ def format_report(report: dict[str, Any]) -> str:
         f"host: {h['system']} {h['machine']}, {h['cpus']} CPUs, Python {h['python']}; {versions}",
         f"data: {d['images']} images from {d['source']} ({d['selection']})",
         f"latency: batch 1, {s['warmup']} warm-up + {s['runs']} runs; throughput: batch "
-        f"{s['batch']}; threads: {threads}; peak RSS: fresh process per row",
+        f"{s['batch']}; medians of {s.get('rounds', 1)} interleaved rounds, a fresh process "
+        f"per model and round; threads: {threads}",
         "",
         format_table(headers, rows),
     ]

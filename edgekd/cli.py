@@ -208,6 +208,13 @@ def export(
     "--runs", type=click.IntRange(min=1), default=100, show_default=True, help="Batch-1 calls."
 )
 @click.option(
+    "--rounds",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="Fresh-process rounds per model, interleaved; timings are medians over rounds.",
+)
+@click.option(
     "--json",
     "json_path",
     type=click.Path(dir_okay=False),
@@ -231,6 +238,7 @@ def bench(
     batch: int | None,
     warmup: int,
     runs: int,
+    rounds: int,
     json_path: str | None,
     plot_path: str | None,
 ) -> None:
@@ -245,7 +253,8 @@ def bench(
 
     report = run_bench(
         export_dir, device=device, runtime=runtime, threads=threads, data=data_spec,
-        limit=limit, batch=batch, warmup=warmup, runs=runs, log=lambda m: click.echo(m, err=True),
+        limit=limit, batch=batch, warmup=warmup, runs=runs, rounds=rounds,
+        log=lambda m: click.echo(m, err=True),
     )  # fmt: skip
     click.echo(format_report(report))
     out = Path(json_path) if json_path else Path(export_dir) / "bench.json"
