@@ -161,14 +161,17 @@ def export_run(
     atomic.write_text(out_dir / "labels.txt", "\n".join(data.class_names) + "\n")
     context = {"run": str(run.path), "recipe": recipe.name, "classes": data.class_names}
 
+    from edgekd.trainer import predict_logits
+
     model = keras.models.load_model(run.artifact(stage, artifact), compile=False)
+    reference = predict_logits(model, val.images)  # the Keras logits every file is held to
     variants = export_model(
         model, cfg.model, out_dir, cfg, calib, val.images, val.labels,
-        {**context, "stage": stage, "artifact": artifact}, log,
+        {**context, "stage": stage, "artifact": artifact}, log, reference=reference,
     )  # fmt: skip
     if cfg.qat:
         variants.append(
-            _export_qat(run, recipe, cfg, model, out_dir, data, calib, val, context, log)
+            _export_qat(run, recipe, cfg, model, out_dir, data, calib, val, reference, context, log)
         )
     if cfg.members:
         variants += _export_members(run, recipe, cfg, out_dir / "members", calib, val, context, log)
@@ -196,12 +199,17 @@ def export_model(
     labels: np.ndarray,
     context: dict[str, Any],
     log: Any = print,
+    reference: np.ndarray | None = None,
 ) -> list[Variant]:
-    """Every requested format x precision of one Keras model, each checked and carded."""
+    """Every requested format x precision of one Keras model, each checked and carded.
+
+    `reference`: the model's logits on `images`, when the caller already has them.
+    """
     from edgekd.models import model_summary_stats
     from edgekd.trainer import predict_logits
 
-    reference = predict_logits(model, images)
+    if reference is None:
+        reference = predict_logits(model, images)
     stats = model_summary_stats(model)
     variants: list[Variant] = []
     onnx_float: Path | None = None
@@ -341,6 +349,7 @@ def _export_qat(
     data: Any,
     calib: np.ndarray,
     val: Any,
+    reference: np.ndarray,
     context: dict[str, Any],
     log: Any,
 ) -> Variant:
@@ -348,7 +357,6 @@ def _export_qat(
     distillation loss (the teacher's targets at the recipe's final T, once per image)."""
     from edgekd.converters.qat import qat_int8_tflite
     from edgekd.recipe import RampConfig
-    from edgekd.trainer import predict_logits
 
     section = recipe.generalist if cfg.model == "generalist" else recipe.student
     soft = None
@@ -381,7 +389,7 @@ def _export_qat(
         path, "tflite", "int8", {**context, "model": cfg.model, "params": stats["params"],
         "macs": stats["macs"], "convert_s": round(time.perf_counter() - t0, 1),
         "qat": {k: v for k, v in info.items() if k != "path"}},
-        cfg, val.images, val.labels, predict_logits(model, val.images), log,
+        cfg, val.images, val.labels, reference, log,
     )  # fmt: skip
     variant = Variant(cfg.model, "tflite", "int8", path, card=card, note="QAT")
     return variant

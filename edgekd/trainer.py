@@ -25,6 +25,7 @@ from edgekd.data import Augment, ImageBatches, ImageSet
 from edgekd.losses import SparseCrossentropy
 from edgekd.models import model_summary_stats
 from edgekd.recipe import ModelTrainConfig
+from edgekd.runtime.fusion import softmax
 from edgekd.schedules import build_schedule
 
 STATE = "state.json"
@@ -248,7 +249,4 @@ def predict_logits(model: keras.Model, images: np.ndarray, batch_size: int = 256
 
 def predict_probs(model: keras.Model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Softmax probabilities (float32) of `predict_logits`, computed in float64."""
-    logits = predict_logits(model, images, batch_size).astype(np.float64)
-    logits -= logits.max(axis=1, keepdims=True)
-    probs = np.exp(logits)
-    return (probs / probs.sum(axis=1, keepdims=True)).astype(np.float32)
+    return softmax(predict_logits(model, images, batch_size))

@@ -66,6 +66,9 @@ from typing import Any
 import numpy as np
 from keras import ops
 
+# Pure-numpy pieces live with the TF-free runtime; training and the runtime share them.
+from edgekd.runtime.fusion import _check_group, membership_matrix
+
 __all__ = ["fuse", "fusion_objective", "membership_matrix", "scatter_specialist"]
 
 # Rounding error of an objective difference, relative to the sum of its terms' sizes
@@ -79,31 +82,6 @@ _START_FLOOR = 1e-12
 _SLOPE_SLACK = 1e-3
 # Ridge added to the unit-diagonal Newton systems, so that they stay invertible in float32.
 _RIDGE = 1e-6
-
-
-def membership_matrix(groups: Sequence[Sequence[int]], num_classes: int) -> np.ndarray:
-    """Return the 0/1 matrix that says which classes each specialist covers.
-
-    Args:
-        groups: sequence of M class-index sequences. Group m is the class set S_m of
-            specialist m. Groups may overlap; each must be non-empty, with no repeated
-            index.
-        num_classes: int. K, the number of classes.
-
-    Returns:
-        float32 array of shape (M, K) with `out[m, k] == 1` iff class k is in group m.
-
-    Raises:
-        ValueError: if `num_classes` is not positive, or a group is empty, has an index
-            outside [0, num_classes), or repeats an index.
-    """
-    if int(num_classes) < 1:
-        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}.")
-    out = np.zeros((len(groups), int(num_classes)), dtype=np.float32)
-    for m, group in enumerate(groups):
-        idx = _check_group(group, num_classes, what=f"groups[{m}]")
-        out[m, idx] = 1.0
-    return out
 
 
 def scatter_specialist(
@@ -576,18 +554,3 @@ def _prepare(
     else:
         b = act * ops.sum(p, axis=-1)
     return g, w, b, act, mem, comp
-
-
-def _check_group(group: Sequence[int], num_classes: int, *, what: str) -> np.ndarray:
-    """Validate one class group and return it as an int array."""
-    idx = np.asarray(list(group), dtype=np.int64)
-    if idx.ndim != 1 or idx.size == 0:
-        raise ValueError(f"{what} must be a non-empty sequence of class indices, got {group!r}.")
-    if idx.min() < 0 or idx.max() >= int(num_classes):
-        raise ValueError(
-            f"{what} = {list(idx)} has an index outside [0, {int(num_classes)}); "
-            "class indices count from 0."
-        )
-    if len(set(idx.tolist())) != idx.size:
-        raise ValueError(f"{what} = {list(idx)} repeats a class index.")
-    return idx

@@ -18,21 +18,8 @@ from keras import ops
 
 from edgekd.ensemble.fusion import fuse, membership_matrix, scatter_specialist
 from edgekd.ensemble.gating import activation_plan, gate
+from edgekd.runtime.ensemble import EnsembleResult
 from edgekd.trainer import predict_probs
-
-
-@dataclass
-class EnsembleOutput:
-    """Fused probabilities plus which specialists ran on which image."""
-
-    probs: np.ndarray  # (N, K) fused
-    general: np.ndarray  # (N, K) the generalist's own
-    active: np.ndarray  # (N, M) 0/1
-
-    @property
-    def activation_rate(self) -> np.ndarray:
-        """Share of images on which each specialist ran."""
-        return self.active.mean(0) if self.active.size else np.zeros(self.active.shape[1])
 
 
 @dataclass
@@ -67,7 +54,7 @@ class GatedEnsemble:
             raise ValueError(f"{len(self.specialists)} specialists for {len(self.groups)} groups")
         self.membership = membership_matrix(self.groups, self.num_classes)
 
-    def predict(self, images: np.ndarray, general: np.ndarray | None = None) -> EnsembleOutput:
+    def predict(self, images: np.ndarray, general: np.ndarray | None = None) -> EnsembleResult:
         """Fused class probabilities for uint8/float pixel images (N, H, W, 3).
 
         `general` may carry the generalist's probabilities for these images when the caller
@@ -77,7 +64,7 @@ class GatedEnsemble:
             general = predict_probs(self.generalist, images, self.batch_size)
         n, m, k = len(images), len(self.groups), self.num_classes
         if m == 0 or n == 0:
-            return EnsembleOutput(general, general, np.zeros((n, m), np.float32))
+            return EnsembleResult(general, general, np.zeros((n, m), np.float32))
         active = np.asarray(
             gate(general, self.membership, top_n=self.top_n, confidence=self.confidence),
             np.float32,
@@ -95,7 +82,7 @@ class GatedEnsemble:
             general, p_in, p_dust, active, self.membership,
             dustbin=self.dustbin, iterations=self.iterations,
         )  # fmt: skip
-        return EnsembleOutput(np.asarray(fused, np.float32), general, active)
+        return EnsembleResult(np.asarray(fused, np.float32), general, active)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         """Fused probabilities: the ensemble as a teacher callable."""

@@ -34,6 +34,39 @@ class Runner(Protocol):
     def predict(self, images: np.ndarray) -> np.ndarray: ...
 
 
+class BatchedRunner:
+    """Shared `predict` for runtimes: check the image shape, quantise once, run in chunks
+    of `batch_size` (subclasses implement `_run` on one chunk), join the scores."""
+
+    path: Path
+    input: TensorSpec
+    output: TensorSpec
+    batch_size: int
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """Scores (N, K) float32 for pixels (N, H, W, C) 0..255, uint8 or float."""
+        images = np.asarray(images)
+        expected = self.input.shape[1:]
+        if images.ndim != len(self.input.shape) or any(
+            e is not None and e != g for e, g in zip(expected, images.shape[1:], strict=True)
+        ):
+            raise ValueError(
+                f"{self.path}: images have shape {images.shape}, the model takes {('N', *expected)}"
+            )
+        x = quantize_input(images, self.input)
+        results = [
+            self._run(x[start : start + self.batch_size])
+            for start in range(0, len(x), self.batch_size)
+        ]
+        if not results:
+            k = self.output.shape[-1] if self.output.shape else 0
+            return np.zeros((0, k or 0), np.float32)
+        return np.concatenate(results, axis=0)
+
+    def _run(self, chunk: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
 def load_runner(path: str | Path, *, threads: int | None = None, **options) -> Runner:
     """A runner for a .tflite or .onnx file, chosen by suffix."""
     path = Path(path)

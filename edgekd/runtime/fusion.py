@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -257,6 +258,15 @@ def _rel_log(x: np.ndarray, y: np.ndarray, eps: np.float32) -> np.ndarray:
     return np.where(near, np.log1p(np.where(near, rel, _F32(0.0))), np.log(x) - np.log(y))
 
 
+def _take_rows(obj: Any, rows: np.ndarray, per_row: Sequence[str]) -> Any:
+    """A shallow copy of a solver with its per-row arrays `per_row` cut to `rows`."""
+    sub = type(obj).__new__(type(obj))
+    sub.__dict__.update(obj.__dict__)
+    for name in per_row:
+        setattr(sub, name, getattr(obj, name)[rows])
+    return sub
+
+
 class _Em:
     """The EM map and objective differences for one batch (see the Keras module)."""
 
@@ -277,10 +287,7 @@ class _Em:
 
     def take(self, rows: np.ndarray) -> _Em:
         """The same map for a subset of the rows."""
-        sub = _Em.__new__(_Em)
-        sub.__dict__.update(self.__dict__)
-        sub.w, sub.b, sub.scale_weight = self.w[rows], self.b[rows], self.scale_weight[rows]
-        return sub
+        return _take_rows(self, rows, ("w", "b", "scale_weight"))
 
     def __call__(self, q: np.ndarray) -> np.ndarray:
         c = self.b / np.maximum(q @ self.dmat, self.eps)  # (B, M)
@@ -317,10 +324,7 @@ class _PrimalNewton:
 
     def take(self, rows: np.ndarray) -> _PrimalNewton:
         """The same solver for a subset of the rows."""
-        sub = _PrimalNewton.__new__(_PrimalNewton)
-        sub.__dict__.update(self.__dict__)
-        sub.w, sub.b, sub.seen = self.w[rows], self.b[rows], self.seen[rows]
-        return sub
+        return _take_rows(self, rows, ("w", "b", "seen"))
 
     def start(self, q: np.ndarray) -> np.ndarray:
         """No state of its own: a placeholder of shape (B, M)."""
@@ -388,11 +392,7 @@ class _DualNewton:
 
     def take(self, rows: np.ndarray) -> _DualNewton:
         """The same solver for a subset of the rows."""
-        sub = _DualNewton.__new__(_DualNewton)
-        sub.__dict__.update(self.__dict__)
-        sub.w, sub.b, sub.g_total = self.w[rows], self.b[rows], self.g_total[rows]
-        sub.live, sub.dead = self.live[rows], self.dead[rows]
-        return sub
+        return _take_rows(self, rows, ("w", "b", "g_total", "live", "dead"))
 
     def start(self, q: np.ndarray) -> np.ndarray:
         """v at u_m = b_m / Q_m under q, clipped to [-40, 40]."""

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekd.runtime.base import TensorSpec, dequantize_output, quantize_input
+from edgekd.runtime.base import BatchedRunner, TensorSpec, dequantize_output
 
 _PREFERRED_PROVIDERS = (
     "TensorrtExecutionProvider",
@@ -52,7 +52,7 @@ def _spec(arg: Any) -> TensorSpec:
     return TensorSpec(name=arg.name, shape=shape, dtype=dtype)
 
 
-class OnnxRunner:
+class OnnxRunner(BatchedRunner):
     """A loaded `.onnx` model: pixels 0..255 in, float32 scores (N, K) out.
 
     Args:
@@ -113,26 +113,6 @@ class OnnxRunner:
         fixed_batch = self.input.shape[0] if self.input.shape else None
         self._dynamic_batch = fixed_batch is None
         self.batch_size = batch_size if self._dynamic_batch else int(fixed_batch)
-
-    def predict(self, images: np.ndarray) -> np.ndarray:
-        """Scores (N, K) float32 for pixels (N, H, W, C) 0..255, uint8 or float."""
-        images = np.asarray(images)
-        expected = self.input.shape[1:]
-        if images.ndim != len(self.input.shape) or any(
-            e is not None and e != g for e, g in zip(expected, images.shape[1:], strict=True)
-        ):
-            raise ValueError(
-                f"{self.path}: images have shape {images.shape}, the model takes {('N', *expected)}"
-            )
-        x = quantize_input(images, self.input)
-        results = [
-            self._run(x[start : start + self.batch_size])
-            for start in range(0, len(x), self.batch_size)
-        ]
-        if not results:
-            k = self.output.shape[-1] if self.output.shape else 0
-            return np.zeros((0, k or 0), np.float32)
-        return np.concatenate(results, axis=0)
 
     def _run(self, chunk: np.ndarray) -> np.ndarray:
         """One session run on at most `batch_size` images."""

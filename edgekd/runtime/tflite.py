@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekd.runtime.base import TensorSpec, dequantize_output, quantize_input
+from edgekd.runtime.base import BatchedRunner, TensorSpec, dequantize_output
 
 _RUNTIMES = (
     ("litert", "ai_edge_litert.interpreter"),
@@ -55,7 +55,7 @@ def _spec(detail: dict[str, Any]) -> TensorSpec:
     )
 
 
-class TFLiteRunner:
+class TFLiteRunner(BatchedRunner):
     """A loaded `.tflite` model: pixels 0..255 in, float32 scores (N, K) out.
 
     Args:
@@ -114,26 +114,6 @@ class TFLiteRunner:
         self.batch_size = batch_size if self._dynamic_batch else int(fixed_batch)
         self._allocated_batch = int(inputs[0]["shape"][0]) if len(inputs[0]["shape"]) else 1
         self._interpreter.allocate_tensors()
-
-    def predict(self, images: np.ndarray) -> np.ndarray:
-        """Scores (N, K) float32 for pixels (N, H, W, C) 0..255, uint8 or float."""
-        images = np.asarray(images)
-        expected = self.input.shape[1:]
-        if images.ndim != len(self.input.shape) or any(
-            e is not None and e != g for e, g in zip(expected, images.shape[1:], strict=True)
-        ):
-            raise ValueError(
-                f"{self.path}: images have shape {images.shape}, the model takes {('N', *expected)}"
-            )
-        x = quantize_input(images, self.input)
-        results = [
-            self._run(x[start : start + self.batch_size])
-            for start in range(0, len(x), self.batch_size)
-        ]
-        if not results:
-            k = self.output.shape[-1] if self.output.shape else 0
-            return np.zeros((0, k or 0), np.float32)
-        return np.concatenate(results, axis=0)
 
     def _run(self, chunk: np.ndarray) -> np.ndarray:
         """One invoke on a chunk of at most `batch_size` quantised images."""

@@ -222,30 +222,32 @@ class StudentStage(Stage):
 
     def _teacher(self, ctx: StageContext):
         """A factory for the teacher, called inside the distribution scope of each fit."""
-        cfg, run = ctx.recipe.student, ctx.run
         gather = not ctx.accel.jit_compile and keras.backend.backend() == "tensorflow"
 
         def make():
-            if cfg.teacher == "generalist":
-                return ModelTeacher(
-                    keras.models.load_model(run.artifact("generalist", "model"), compile=False)
-                )
-            overrides = {}
-            if cfg.teacher == "full_ensemble":
-                overrides = {"top_n": len(ctx.data.class_names), "confidence": None}
-            return load_gated_ensemble(run.path, **overrides).teacher(gather=gather)
+            loaded = _load_teacher(ctx)
+            if isinstance(loaded, keras.Model):
+                return ModelTeacher(loaded)
+            return loaded.teacher(gather=gather)
 
         return make
 
     def _teacher_val_probs(self, ctx: StageContext) -> np.ndarray:
-        cfg, run, val = ctx.recipe.student, ctx.run, ctx.data.val
-        if cfg.teacher == "generalist":
-            model = keras.models.load_model(run.artifact("generalist", "model"), compile=False)
-            return predict_probs(model, val.images)
-        overrides = {}
-        if cfg.teacher == "full_ensemble":
-            overrides = {"top_n": len(ctx.data.class_names), "confidence": None}
-        return load_gated_ensemble(run.path, **overrides).predict(val.images).probs
+        loaded, images = _load_teacher(ctx), ctx.data.val.images
+        if isinstance(loaded, keras.Model):
+            return predict_probs(loaded, images)
+        return loaded.predict(images).probs
+
+
+def _load_teacher(ctx: StageContext) -> Any:
+    """The recipe's teacher: the generalist (a keras.Model) or a GatedEnsemble."""
+    cfg, run = ctx.recipe.student, ctx.run
+    if cfg.teacher == "generalist":
+        return keras.models.load_model(run.artifact("generalist", "model"), compile=False)
+    overrides = {}
+    if cfg.teacher == "full_ensemble":
+        overrides = {"top_n": len(ctx.data.class_names), "confidence": None}
+    return load_gated_ensemble(run.path, **overrides)
 
 
 def _accuracy(model: keras.Model, data: Any) -> float:
