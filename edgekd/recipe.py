@@ -177,7 +177,9 @@ class SpecialistConfig(ModelTrainConfig):
         0.5, gt=0.0, lt=1.0, description="share of each batch drawn from the group's classes"
     )
     init: Literal["auto", "generalist", "scratch"] = Field(
-        "auto", description="auto: from the generalist's weights when arch and width match"
+        "auto",
+        description="auto: from the generalist's weights when the width matches and the "
+        "generalist has at least as many blocks per stage (shallower models take its first blocks)",
     )
 
 
@@ -218,7 +220,9 @@ class StudentConfig(ModelTrainConfig):
         description="fused: temper the fused distribution; members: temper members, then fuse",
     )
     init: Literal["auto", "generalist", "scratch"] = Field(
-        "auto", description="auto: from the generalist's weights when arch and width match"
+        "auto",
+        description="auto: from the generalist's weights when the width matches and the "
+        "generalist has at least as many blocks per stage (shallower models take its first blocks)",
     )
     control: bool = Field(True, description="also train the same student on hard labels alone")
     temperature_search: tuple[float, ...] | None = Field(
@@ -340,6 +344,21 @@ class Recipe(_Section):
 
     _origins: dict[str, str] = PrivateAttr(default_factory=dict)
     _source: str | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _inherits_generalist(self) -> Recipe:
+        from edgekd.models import inherits
+
+        gen = self.generalist
+        for key in ("specialists", "student"):
+            cfg = getattr(self, key)
+            if cfg.init == "generalist" and not inherits(cfg.arch, cfg.width, gen.arch, gen.width):
+                raise FieldError(
+                    (key, "init"),
+                    f"'generalist' needs the generalist's width ({gen.width}) and at most its "
+                    f"blocks per stage ({gen.arch}); {key} is {cfg.arch} width {cfg.width}",
+                )
+        return self
 
     @property
     def source(self) -> str | None:

@@ -19,8 +19,10 @@ from edgekd.models import (
     architecture_names,
     build_model,
     cifar_resnet,
+    copy_weights,
     count_macs,
     count_params,
+    inherits,
     model_summary_stats,
 )
 from edgekd.models.registry import ARCHITECTURES
@@ -55,17 +57,18 @@ def test_output_shape_per_architecture(arch: str) -> None:
 
 
 def test_registry_lists_architectures() -> None:
-    assert architecture_names() == ["resnet10", "resnet18", "resnet34"]
+    assert architecture_names() == ["resnet10", "resnet14", "resnet18", "resnet34"]
+    assert ARCHITECTURES["resnet14"].blocks == (1, 1, 2, 2)
     assert ARCHITECTURES["resnet34"].blocks == (3, 4, 6, 3)
     assert all(spec.description for spec in ARCHITECTURES.values())
 
 
 def test_unknown_architecture_suggests_closest() -> None:
     with pytest.raises(ValueError, match="did you mean 'resnet18'") as info:
-        build_model("resnet19", num_classes=10)
+        build_model("resnet-18", num_classes=10)
     assert str(info.value) == (
-        "unknown architecture 'resnet19'; did you mean 'resnet18'? "
-        "Available: resnet10, resnet18, resnet34"
+        "unknown architecture 'resnet-18'; did you mean 'resnet18'? "
+        "Available: resnet10, resnet14, resnet18, resnet34"
     )
 
 
@@ -219,9 +222,7 @@ def test_layer_names_do_not_depend_on_width_or_classes(tiny_resnet18: keras.Mode
 def test_weights_copy_by_name_except_head() -> None:
     generalist = build_model("resnet10", num_classes=10, width=4)
     specialist = build_model("resnet10", num_classes=3, width=4)
-    for layer in specialist.layers:
-        if layer.name != "head":
-            layer.set_weights(generalist.get_layer(layer.name).get_weights())
+    assert copy_weights(generalist, specialist, skip={"head"}) > 10
     images = random_pixels(2)
 
     def features(model: keras.Model) -> np.ndarray:
@@ -230,6 +231,42 @@ def test_weights_copy_by_name_except_head() -> None:
         )
 
     np.testing.assert_allclose(features(generalist), features(specialist), atol=1e-6)
+
+
+def test_shallower_model_takes_the_first_block_of_each_stage() -> None:
+    # With every second block's residual scale at zero, a ResNet-18 computes exactly what
+    # its first blocks do, so the ResNet-10 that inherits them must return the same logits.
+    deep = build_model("resnet18", num_classes=10, width=4)
+    rng = np.random.default_rng(0)
+    for layer in deep.layers:
+        if isinstance(layer, keras.layers.BatchNormalization) and "block2" not in layer.name:
+            gamma, beta, mean, var = layer.get_weights()
+            layer.set_weights([rng.uniform(0.5, 1.5, gamma.shape), beta, mean, var])
+    shallow = build_model("resnet10", num_classes=10, width=4)
+    copied = copy_weights(deep, shallow)
+    assert copied == 2 + 4 * 4 + 3 * 2 + 1  # stem, 4 blocks, 3 projections, head
+    images = random_pixels(3)
+    np.testing.assert_allclose(
+        shallow.predict(images, verbose=0), deep.predict(images, verbose=0), rtol=1e-4, atol=1e-4
+    )
+
+
+def test_inherits_needs_the_width_and_no_more_blocks() -> None:
+    assert inherits("resnet10", 16, "resnet18", 16)
+    assert inherits("resnet18", 16, "resnet34", 16)
+    assert inherits("resnet18", 16, "resnet18", 16)
+    assert not inherits("resnet18", 16, "resnet10", 16)
+    assert not inherits("resnet10", 8, "resnet18", 16)
+    with pytest.raises(ValueError, match="no layer 'stage1_block2_conv1'"):
+        copy_weights(
+            build_model("resnet10", num_classes=10, width=4),
+            build_model("resnet18", num_classes=10, width=4),
+        )
+    with pytest.raises(ValueError, match="layer 'stem_conv' has weight shapes"):
+        copy_weights(
+            build_model("resnet10", num_classes=10, width=8),
+            build_model("resnet10", num_classes=10, width=4),
+        )
 
 
 def test_dropout_adds_one_named_layer() -> None:

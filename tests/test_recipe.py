@@ -178,6 +178,15 @@ def test_digest_ignores_locations_but_not_content(tmp_path):
     assert a.digest("data", "generalist") != c.digest("data", "generalist")
 
 
+def test_init_generalist_needs_a_model_that_inherits(tmp_path):
+    msg = error_of(tmp_path, BASE + "student:\n  arch: resnet34\n  init: generalist\n")
+    assert "student.init" in msg and "resnet34 width" in msg
+    msg = error_of(tmp_path, BASE + "specialists:\n  width: 8\n  init: generalist\n")
+    assert "specialists.init" in msg and "width (64)" in msg
+    r = load_recipe(write(tmp_path, BASE + "student:\n  arch: resnet10\n  init: generalist\n"))
+    assert r.student.init == "generalist"
+
+
 def test_student_section_ranges_and_ramps(tmp_path):
     msg = error_of(tmp_path, BASE + "student:\n  temperature: 0\n")
     assert "r.yaml:8: student.temperature" in msg and "> 0" in msg

@@ -9,10 +9,8 @@ import numpy as np
 import pytest
 
 from edgekd.data import EnrichedBatches
-from edgekd.models import build_model
 from edgekd.models.layers import LogitAdjustment
 from edgekd.stages.specialists import (
-    copy_backbone,
     dustbin_correction,
     specialist_labels,
     specialist_metrics,
@@ -58,19 +56,6 @@ def test_corrected_model_probabilities_follow_bayes():
     np.testing.assert_allclose(probs[0], expected, rtol=1e-6)
     restored = keras.Model.from_config(model.get_config())
     np.testing.assert_allclose(np.asarray(restored(logits)), out)
-
-
-def test_copy_backbone_leaves_only_the_head():
-    gen = build_model("resnet10", num_classes=10, width=4)
-    spec = build_model("resnet10", num_classes=4, width=4)
-    copied = copy_backbone(gen, spec)
-    assert copied > 10
-    for layer in spec.layers:
-        if layer.weights and layer.name != "head":
-            for a, b in zip(
-                layer.get_weights(), gen.get_layer(layer.name).get_weights(), strict=True
-            ):
-                np.testing.assert_array_equal(a, b)
 
 
 def test_specialist_metrics_by_hand():

@@ -5,7 +5,13 @@ The registry loads without Keras (recipe validation uses it); the rest loads on 
 
 from typing import Any
 
-from edgekd.models.registry import ARCHITECTURES, ArchSpec, architecture_names, build_model
+from edgekd.models.registry import (
+    ARCHITECTURES,
+    ArchSpec,
+    architecture_names,
+    build_model,
+    inherits,
+)
 
 _LAZY = {
     "count_macs": "edgekd.models.macs",
@@ -14,9 +20,17 @@ _LAZY = {
     "CIFAR10_MEAN": "edgekd.models.resnet",
     "CIFAR10_STD": "edgekd.models.resnet",
     "cifar_resnet": "edgekd.models.resnet",
+    "copy_weights": "edgekd.models.transfer",
 }
 
-__all__ = ["ARCHITECTURES", "ArchSpec", "architecture_names", "build_model", *_LAZY]
+__all__ = [
+    "ARCHITECTURES",
+    "ArchSpec",
+    "architecture_names",
+    "build_model",
+    "inherits",
+    *_LAZY,
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -43,6 +43,13 @@ ARCHITECTURES: dict[str, ArchSpec] = {
             description="CIFAR ResNet-10, BasicBlocks [1, 1, 1, 1]; 4.90M params at width 64.",
         ),
         ArchSpec(
+            name="resnet14",
+            blocks=(1, 1, 2, 2),
+            description="CIFAR ResNet-14, BasicBlocks [1, 1, 2, 2]; 10.80M params at width 64. "
+            "A ResNet-18 less the second block of the two high-resolution stages, which cost "
+            "most of its time on a CPU.",
+        ),
+        ArchSpec(
             name="resnet18",
             blocks=(2, 2, 2, 2),
             description="CIFAR ResNet-18, BasicBlocks [2, 2, 2, 2]; 11.17M params at width 64.",
@@ -80,6 +87,20 @@ def get_arch_spec(arch: str) -> ArchSpec:
     close = difflib.get_close_matches(str(arch), names, n=1)
     hint = f"; did you mean '{close[0]}'?" if close else "."
     raise ValueError(f"unknown architecture '{arch}'{hint} Available: {', '.join(names)}")
+
+
+def inherits(arch: str, width: int, source_arch: str, source_width: int) -> bool:
+    """Whether a model can start from another's weights, copied layer by layer by name.
+
+    True when the widths match and every stage of ``arch`` has at most as many blocks
+    as ``source_arch``'s: a ResNet-10 takes the stem, the first block of each stage
+    (projection included) and the head of a ResNet-18 or -34, the layer-dropping
+    initialisation DistilBERT uses for its student.
+    """
+    spec, source = get_arch_spec(arch), get_arch_spec(source_arch)
+    return width == source_width and all(
+        b <= s for b, s in zip(spec.blocks, source.blocks, strict=True)
+    )
 
 
 def build_model(arch: str, *, num_classes: int, width: int = 64, **kwargs: Any) -> keras.Model:

@@ -21,7 +21,7 @@ import numpy as np
 
 from edgekd import atomic
 from edgekd.data import EnrichedBatches, ImageBatches, ImageSet
-from edgekd.models import build_model, model_summary_stats
+from edgekd.models import build_model, copy_weights, inherits, model_summary_stats
 from edgekd.models.layers import LogitAdjustment
 from edgekd.stages.base import Stage, StageContext, StageOutcome
 from edgekd.stages.generalist import augment_of
@@ -38,17 +38,6 @@ def specialist_labels(labels: np.ndarray, group: list[int], num_classes: int) ->
 def dustbin_correction(prior_in: float, share: float) -> float:
     """log(true/training odds of the dustbin): added to its logit after enriched training."""
     return math.log((1.0 - prior_in) / (1.0 - share)) - math.log(prior_in / share)
-
-
-def copy_backbone(source: keras.Model, target: keras.Model, skip: str = "head") -> int:
-    """Copy weights layer by layer (matched by name) except `skip`; returns layers copied."""
-    copied = 0
-    for layer in target.layers:
-        if layer.name == skip or not layer.weights:
-            continue
-        layer.set_weights(source.get_layer(layer.name).get_weights())
-        copied += 1
-    return copied
 
 
 def specialist_metrics(
@@ -81,7 +70,7 @@ class SpecialistsStage(Stage):
         root = ctx.run.stage_dir(self.name)
         gen_cfg = recipe.generalist
         from_generalist = cfg.init == "generalist" or (
-            cfg.init == "auto" and (cfg.arch, cfg.width) == (gen_cfg.arch, gen_cfg.width)
+            cfg.init == "auto" and inherits(cfg.arch, cfg.width, gen_cfg.arch, gen_cfg.width)
         )
         generalist = None
         if from_generalist:
@@ -133,7 +122,7 @@ class SpecialistsStage(Stage):
                 name=f"specialist_{m}",
             )  # fmt: skip
             if generalist is not None:
-                copy_backbone(generalist, model)
+                copy_weights(generalist, model, skip={"head"})
             return model
 
         result = train_classifier(

@@ -25,7 +25,7 @@ from edgekd import atomic
 from edgekd.distill import Distiller, ModelTeacher
 from edgekd.ensemble.gated import load_gated_ensemble
 from edgekd.evaluate import Evaluation
-from edgekd.models import build_model, model_summary_stats
+from edgekd.models import build_model, copy_weights, inherits, model_summary_stats
 from edgekd.recipe import RampConfig, Recipe
 from edgekd.schedules import Ramp
 from edgekd.stages.base import Stage, StageContext, StageOutcome
@@ -59,13 +59,6 @@ class StudentStage(Stage):
                 "student.temperature_search",
                 "searches a constant temperature; student.temperature is a ramp",
             )
-        gen = recipe.generalist
-        if cfg.init == "generalist" and (cfg.arch, cfg.width) != (gen.arch, gen.width):
-            raise recipe.error(
-                "student.init",
-                f"'generalist' needs the generalist's architecture ({gen.arch} width "
-                f"{gen.width}), but the student is {cfg.arch} width {cfg.width}",
-            )
 
     def run(self, ctx: StageContext) -> StageOutcome:
         recipe, data, run = ctx.recipe, ctx.data, ctx.run
@@ -73,13 +66,11 @@ class StudentStage(Stage):
         out = run.stage_dir(self.name)
         gen_cfg = recipe.generalist
         from_generalist = cfg.init == "generalist" or (
-            cfg.init == "auto" and (cfg.arch, cfg.width) == (gen_cfg.arch, gen_cfg.width)
+            cfg.init == "auto" and inherits(cfg.arch, cfg.width, gen_cfg.arch, gen_cfg.width)
         )
-        init_weights = None
+        generalist = None
         if from_generalist:
             generalist = keras.models.load_model(run.artifact("generalist", "model"), compile=False)
-            init_weights = generalist.get_weights()
-            del generalist
         teacher = self._teacher(ctx)
         teacher_probs = self._teacher_val_probs(ctx)
         teacher_ev = Evaluation.from_probs(teacher_probs, data.val.labels, data.class_names)
@@ -91,8 +82,8 @@ class StudentStage(Stage):
                 dropout=cfg.dropout, bn_momentum=cfg.bn_momentum,
                 input_shape=tuple(data.train.images.shape[1:]), name="student",
             )  # fmt: skip
-            if init_weights is not None:
-                model.set_weights(init_weights)
+            if generalist is not None:
+                copy_weights(generalist, model)
             return model
 
         def fit(workdir: Path, epochs: int, temperature: Any, soft: bool) -> TrainResult:
