@@ -38,8 +38,17 @@ import yaml
 from edgekd.errors import DataError, EdgekdError
 from edgekd.predict import read_image
 
-RUNTIMES = ("litert", "onnxruntime", "all")
-FORMAT_OF = {"litert": "tflite", "onnxruntime": "onnx"}
+RUNTIMES = ("litert", "onnxruntime", "tensorrt", "all")
+FORMAT_OF = {"litert": "tflite", "onnxruntime": "onnx", "tensorrt": "tensorrt"}
+# The student files of each format: TensorRT engines as `sh student-int8.trtexec.sh` (or
+# `build_engine`) writes them on the device, or under the other usual suffix.
+FORMAT_SUFFIXES = {"tflite": (".tflite",), "onnx": (".onnx",), "tensorrt": (".engine", ".plan")}
+_INSTALL = {
+    "litert": "pip install ai-edge-litert",
+    "onnxruntime": "pip install onnxruntime",
+    "tensorrt": "the tensorrt Python package from JetPack/the TensorRT install, and "
+    "pip install cuda-python",
+}
 PRECISIONS = ("float32", "float16", "dynamic", "int8")
 ENSEMBLE_PRECISIONS = ("float32", "int8")  # the reference ensemble and its int8 twin
 _PRECISION_ORDER = {p: i for i, p in enumerate((*PRECISIONS, "int8-qat"))}
@@ -51,9 +60,9 @@ DEFAULT_LIMIT = 1000
 _PROFILE_KEYS = {
     "name": "profile name (defaults to the file stem)",
     "description": "one line: the hardware",
-    "runtime": "litert | onnxruntime | all",
+    "runtime": "litert | onnxruntime | tensorrt | all",
     "threads": "runtime threads (null: the runtime's default)",
-    "delegate": "mapping: xnnpack, gpu, tensorrt, fp16 (booleans)",
+    "delegate": "mapping: xnnpack, gpu, tensorrt, fp16 (booleans), gpu_library (a path)",
     "precisions": "list of float32, float16, dynamic, int8 to bench",
     "batch": "batch size of the throughput pass",
     "install": "how to set the device up (text)",
@@ -64,6 +73,7 @@ _DELEGATE_KEYS = {
     "gpu": "ONNX Runtime: CUDA execution provider",
     "tensorrt": "ONNX Runtime: TensorRT execution provider",
     "fp16": "TensorRT: allow float16 kernels (trt_fp16_enable)",
+    "gpu_library": "LiteRT: external GPU delegate library (libtensorflowlite_gpu_delegate.so)",
 }
 
 
@@ -87,6 +97,7 @@ class DeviceProfile:
     gpu: bool = False
     tensorrt: bool = False
     fp16: bool = False
+    gpu_library: str | None = None
     precisions: list[str] | None = None
     batch: int = DEFAULT_BATCH
     install: str = ""
@@ -157,6 +168,11 @@ def load_profile(name_or_path: str | Path) -> DeviceProfile:
     for key, value in delegate.items():
         if key not in _DELEGATE_KEYS:
             raise bad(f"delegate.{key}", f"unknown key (known: {', '.join(_DELEGATE_KEYS)})")
+        if key == "gpu_library":
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise bad(f"delegate.{key}", f"expected a library path or null, got {value!r}")
+            prof.gpu_library = os.path.expanduser(value.strip()) if value else None
+            continue
         if not isinstance(value, bool):
             raise bad(f"delegate.{key}", f"expected true or false, got {value!r}")
         setattr(prof, key, value)
@@ -181,7 +197,7 @@ class Target:
     """One row to measure: a student file, or the ensemble at one format and precision."""
 
     model: str  # "student" | "ensemble"
-    format: str  # "tflite" | "onnx"
+    format: str  # "tflite" | "onnx" | "tensorrt" (an engine: student rows only)
     precision: str  # float32, float16, dynamic, int8, int8-qat
     path: Path  # the model file, or the members/ folder
     files: list[Path]
@@ -225,7 +241,8 @@ def find_targets(
     targets: list[Target] = []
     for fmt in formats:
         found = []
-        for path in sorted(export_dir.glob(f"student*.{fmt}")):
+        paths = [p for suffix in FORMAT_SUFFIXES[fmt] for p in export_dir.glob(f"student*{suffix}")]
+        for path in sorted(paths):
             card = _read_json(path.with_name(path.name + ".json"))
             precision = _student_precision(path, card)
             if precisions is not None and precision.removesuffix("-qat") not in precisions:
@@ -505,11 +522,18 @@ def _onnx_providers(spec: dict[str, Any], notes: list[str]) -> list[Any] | None:
 
 
 def _backend(runner: Any, xnnpack: bool) -> str:
-    """'litert/xnnpack', 'onnxruntime/CPU', ...: the runtime and what executes the graph."""
+    """'litert/xnnpack', 'onnxruntime/CPU', 'tensorrt/engine', ...: the runtime and what
+    executes the graph (an external TFLite delegate by its library's name)."""
     runtime = str(getattr(runner, "runtime", "?"))
+    if runtime == "tensorrt":
+        return "tensorrt/engine"
     providers = getattr(runner, "providers", None)
     if providers:
         return f"{runtime}/{str(providers[0]).removesuffix('ExecutionProvider')}"
+    delegates = getattr(runner, "delegates", ())
+    if delegates:
+        names = (Path(d).name.split(".")[0].removeprefix("lib") for d in delegates)
+        return f"{runtime}/{'+'.join(names)}"
     return f"{runtime}/{'xnnpack' if xnnpack else 'builtin'}"
 
 
@@ -528,6 +552,12 @@ def measure_here(spec: dict[str, Any]) -> dict[str, Any]:
         if import_name:
             __import__(import_name)  # its memory belongs to the baseline, not the model
         options["xnnpack"] = bool(spec.get("xnnpack", True))
+        if spec.get("delegates"):
+            options["delegates"] = list(spec["delegates"])
+    elif fmt == "tensorrt":
+        from edgekd.runtime.tensorrt import import_tensorrt
+
+        import_tensorrt()  # baseline, as above
     else:
         import onnxruntime  # noqa: F401  (baseline)
 
@@ -692,15 +722,22 @@ def merge_rounds(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
+def _importable(module: str) -> bool:
+    """Whether `module` can be found, without importing it (its parents may be imported)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a missing parent, or a stub without a spec
+        return False
+
+
 def _runtime_available(runtime: str) -> bool:
+    """Whether this machine has `runtime`'s Python package(s); TensorRT needs cuda-python too."""
+    if runtime == "tensorrt":
+        return _importable("tensorrt") and (
+            _importable("cuda.bindings.runtime") or _importable("cuda.cudart")
+        )
     modules = ("ai_edge_litert", "tflite_runtime") if runtime == "litert" else ("onnxruntime",)
-    for module in modules:
-        try:
-            if importlib.util.find_spec(module) is not None:
-                return True
-        except (ImportError, ValueError):
-            continue
-    return False
+    return any(_importable(m) for m in modules)
 
 
 def _version(dist: str) -> str | None:
@@ -712,8 +749,12 @@ def _version(dist: str) -> str | None:
 
 def _input_size(targets: Sequence[Target], export_dir: Path) -> tuple[int, int]:
     """(height, width) the models take, from a model card or ensemble.json."""
-    for t in targets:
-        shape = (t.card.get("input") or {}).get("shape")
+    # Any student card will do (all take the same images): an engine built on the device
+    # has no card of its own, but the ONNX file it came from has.
+    cards = [t.card for t in targets]
+    cards += [_read_json(p) for p in sorted(export_dir.glob("student*.json"))]
+    for card in cards:
+        shape = (card.get("input") or {}).get("shape")
         if shape and len(shape) == 4 and shape[1] and shape[2]:
             return int(shape[1]), int(shape[2])
     shape = (_read_json(export_dir / "members" / "ensemble.json").get("input") or {}).get("shape")
@@ -749,6 +790,34 @@ def compare(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 "agreement": s.get("agreement_with", {}).get(e["precision"]),
             })  # fmt: skip
     return out
+
+
+def select_formats(export_dir: Path, runtime: str) -> tuple[list[str], list[str]]:
+    """The file formats `--runtime` benches on this machine, and notes on those skipped.
+
+    Raises:
+        BenchError: the one runtime asked for is not installed (the message says what to
+            install), or none is.
+    """
+    wanted = ["litert", "onnxruntime", "tensorrt"] if runtime == "all" else [runtime]
+    missing = [r for r in wanted if not _runtime_available(r)]
+    if missing and runtime != "all":
+        raise BenchError(f"--runtime {runtime}: not installed ({_INSTALL[runtime]})")
+    notes: list[str] = []
+    for r in missing:
+        if r != "tensorrt":
+            notes.append(f"{r} not installed: its rows are skipped")
+            continue
+        # TensorRT is rarely there: only worth a note when the export has engines.
+        engines = [t.path.name for t in find_targets(export_dir, ["tensorrt"])]
+        if engines:
+            notes.append(
+                f"tensorrt not installed: {', '.join(engines)} skipped ({_INSTALL['tensorrt']})"
+            )
+    formats = [FORMAT_OF[r] for r in wanted if r not in missing]
+    if not formats:
+        raise BenchError('no runtime installed: pip install "edgekd[runtime]"')
+    return formats, notes
 
 
 def run_bench(
@@ -793,25 +862,25 @@ def run_bench(
         if value < low:
             raise BenchError(f"{name} must be >= {low}, got {value}")
 
-    wanted = ["litert", "onnxruntime"] if runtime == "all" else [runtime]
-    missing = [r for r in wanted if not _runtime_available(r)]
-    notes: list[str] = []
-    if missing and runtime != "all":
-        pkg = "ai-edge-litert" if runtime == "litert" else "onnxruntime"
-        raise BenchError(f"--runtime {runtime}: not installed (pip install {pkg})")
-    for r in missing:
-        notes.append(f"{r} not installed: its rows are skipped")
-    formats = [FORMAT_OF[r] for r in wanted if r not in missing]
-    if not formats:
-        raise BenchError('no runtime installed: pip install "edgekd[runtime]"')
+    formats, notes = select_formats(export_dir, runtime)
     targets = find_targets(export_dir, formats, profile.precisions)
     if not targets:
+        patterns = [f"student*{s}" for f in formats for s in FORMAT_SUFFIXES[f]]
+        hint = "; on the device, *.trtexec.sh builds the engines" if "tensorrt" in formats else ""
         raise BenchError(
-            f"{export_dir}: no student*.{'/.'.join(formats)} files and no members/ensemble.json "
-            "to bench (edgekd export RUN writes them)"
+            f"{export_dir}: no {'/'.join(patterns)} files and no members/ensemble.json to bench "
+            f"(edgekd export RUN writes them{hint})"
         )
     if not any(t.model == "ensemble" for t in targets):
-        notes.append("no gated ensemble rows: the export has no members/ (edgekd export --members)")
+        if (export_dir / "members" / "ensemble.json").is_file():
+            notes.append(
+                "no gated ensemble rows: it runs on LiteRT or ONNX Runtime, and members/ has "
+                f"no files for {', '.join(formats)} at the precisions benched"
+            )
+        else:
+            notes.append(
+                "no gated ensemble rows: the export has no members/ (edgekd export --members)"
+            )
     classes = read_classes(export_dir)
     size = _input_size(targets, export_dir)
     data_set = load_eval_images(export_dir, data, limit, size, classes)
@@ -829,6 +898,7 @@ def run_bench(
         spec = {
             **settings, "images": str(work / "images.npy"), "labels": str(work / "labels.npy"),
             "gpu": profile.gpu, "tensorrt": profile.tensorrt, "fp16": profile.fp16,
+            "delegates": [profile.gpu_library] if profile.gpu_library else [],
             "trt_cache": str(export_dir / "trt-cache"),
         }  # fmt: skip
         per_round: list[list[dict[str, Any]]] = [[] for _ in targets]
@@ -887,6 +957,7 @@ def run_bench(
             "cpus": os.cpu_count(),
             "litert": _version("ai-edge-litert") or _version("tflite-runtime"),
             "onnxruntime": _version("onnxruntime") or _version("onnxruntime-gpu"),
+            "tensorrt": _version("tensorrt"),
         },
         "settings": {**settings, "runtime": runtime, "limit": limit},
         "data": {
@@ -961,7 +1032,7 @@ def format_report(report: dict[str, Any]) -> str:
         notes += [f"{r['model']} {r['precision']} {r['format']}: {n}" for n in r.get("notes", [])]
     s, d, h = report["settings"], report["data"], report["host"]
     threads = s["threads"] if s["threads"] is not None else "runtime default"
-    versions = ", ".join(f"{k} {h[k]}" for k in ("litert", "onnxruntime") if h.get(k))
+    versions = ", ".join(f"{k} {h[k]}" for k in ("litert", "onnxruntime", "tensorrt") if h.get(k))
     lines = [
         f"edgekd bench {report['export']}  (device profile: {report['device']['name']})",
         f"host: {h['system']} {h['machine']}, {h['cpus']} CPUs, Python {h['python']}; {versions}",
@@ -1002,6 +1073,7 @@ def save_plot(report: dict[str, Any], path: str | Path) -> str:
     styles = {
         ("student", "tflite"): ("tab:blue", "o"),
         ("student", "onnx"): ("tab:blue", "^"),
+        ("student", "tensorrt"): ("tab:blue", "v"),
         ("ensemble", "tflite"): ("tab:orange", "s"),
         ("ensemble", "onnx"): ("tab:orange", "D"),
     }

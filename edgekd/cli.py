@@ -181,9 +181,10 @@ def export(
 )
 @click.option(
     "--runtime",
-    type=click.Choice(["litert", "onnxruntime", "all"]),
+    type=click.Choice(["litert", "onnxruntime", "tensorrt", "all"]),
     default=None,
-    help="Which files to run: .tflite on LiteRT, .onnx on ONNX Runtime, or both. [default: all]",
+    help="Which files to run: .tflite on LiteRT, .onnx on ONNX Runtime, TensorRT .engine/.plan "
+    "files on TensorRT, or all those installed. [default: all]",
 )
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Runtime threads.")
 @click.option(

@@ -40,8 +40,8 @@ class Prediction:
 
 
 def resolve_model(path: str | Path) -> Path:
-    """The model file `path` names: a .tflite/.onnx file, or the preferred student of an
-    export folder (int8 .tflite, else float32 .tflite, else .onnx)."""
+    """The model file `path` names: a .tflite/.onnx/TensorRT engine file, or the preferred
+    student of an export folder (int8 .tflite, else float32 .tflite, else .onnx)."""
     p = Path(path)
     if p.is_dir():
         for name in STUDENT_PREFERENCE:
@@ -53,8 +53,11 @@ def resolve_model(path: str | Path) -> Path:
         )
     if not p.exists():
         raise ModelError(f"{p}: no such model file or export folder")
-    if p.suffix.lower() not in (".tflite", ".onnx"):
-        raise ModelError(f"{p}: unknown model format {p.suffix!r} (expected .tflite or .onnx)")
+    if p.suffix.lower() not in (".tflite", ".onnx", ".engine", ".plan"):
+        raise ModelError(
+            f"{p}: unknown model format {p.suffix!r} (expected .tflite, .onnx, or a TensorRT "
+            ".engine/.plan)"
+        )
     return p
 
 

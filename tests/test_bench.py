@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgekd.bench import BenchError, device_profiles, find_targets, load_profile
+from edgekd import bench
+from edgekd.bench import BenchError, device_profiles, find_targets, load_profile, select_formats
 from edgekd.errors import DataError
 from tests.conftest import REPO
 from tests.synthetic import make_folder
@@ -266,6 +267,60 @@ def test_find_targets_filters(export_dir):
     int8 = find_targets(export_dir, ["tflite"], ["int8"])
     assert [(t.model, t.precision) for t in int8] == [("student", "int8"), ("ensemble", "int8")]
     assert int8[1].size_bytes == sum(f.stat().st_size for f in int8[1].files)
+
+
+def test_find_targets_tensorrt_engines(tmp_path):
+    """Engines as the device's trtexec scripts write them: student rows, precision by name."""
+    for name in ("student.engine", "student-fp16.engine", "student-int8.plan",
+                 "student-int8.trtexec.sh", "student-int8.onnx", "teacher.engine"):  # fmt: skip
+        (tmp_path / name).write_bytes(b"x" * 8)
+    engines = find_targets(tmp_path, ["tensorrt"])
+    assert [(t.model, t.format, t.precision, t.path.name) for t in engines] == [
+        ("student", "tensorrt", "float32", "student.engine"),
+        ("student", "tensorrt", "float16", "student-fp16.engine"),
+        ("student", "tensorrt", "int8", "student-int8.plan"),
+    ]
+    assert [t.path.name for t in find_targets(tmp_path, ["tensorrt"], ["int8"])] == [
+        "student-int8.plan"
+    ]
+    assert [t.path.name for t in find_targets(tmp_path, ["onnx"])] == ["student-int8.onnx"]
+
+
+def test_select_formats_skips_missing_tensorrt(tmp_path, monkeypatch):
+    assert bench._runtime_available("tensorrt") is False  # no tensorrt / cuda-python here
+    monkeypatch.setattr(bench, "_runtime_available", lambda r: r != "tensorrt")
+    assert select_formats(tmp_path, "all") == (["tflite", "onnx"], [])  # no engines: no note
+    (tmp_path / "student-int8.engine").write_bytes(b"x")
+    formats, notes = select_formats(tmp_path, "all")
+    assert formats == ["tflite", "onnx"]
+    assert notes and notes[0].startswith("tensorrt not installed: student-int8.engine skipped")
+    with pytest.raises(BenchError, match=r"--runtime tensorrt: not installed .*cuda-python"):
+        select_formats(tmp_path, "tensorrt")
+    monkeypatch.setattr(bench, "_runtime_available", lambda r: True)
+    assert select_formats(tmp_path, "tensorrt") == (["tensorrt"], [])
+    assert select_formats(tmp_path, "all")[0] == ["tflite", "onnx", "tensorrt"]
+
+
+def test_profile_gpu_delegate_reaches_tflite_rows(export_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    good = tmp_path / "gpu.yaml"
+    good.write_text("delegate:\n  gpu_library: ~/lib/libtensorflowlite_gpu_delegate.so\n")
+    library = tmp_path / "lib" / "libtensorflowlite_gpu_delegate.so"
+    assert load_profile(good).gpu_library == str(library)
+    assert load_profile("raspberry-pi-5").gpu_library is None
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("delegate:\n  gpu_library: true\n")
+    with pytest.raises(BenchError, match=r"bad\.yaml: key 'delegate\.gpu_library': expected"):
+        load_profile(bad)
+    # The child side hands the library to the TFLite runner, which names it when it is absent.
+    np.save(tmp_path / "images.npy", np.zeros((2, *SHAPE), np.uint8))
+    np.save(tmp_path / "labels.npy", np.zeros(2, np.int32))
+    spec = {"images": str(tmp_path / "images.npy"), "labels": str(tmp_path / "labels.npy"),
+            "format": "tflite", "model": "student", "path": str(export_dir / "student.tflite"),
+            "precision": "float32", "batch": 2, "threads": None, "warmup": 0, "runs": 1,
+            "delegates": [str(library)]}  # fmt: skip
+    with pytest.raises(RuntimeError, match="libtensorflowlite_gpu_delegate.so: no such file"):
+        bench.measure_here(spec)
 
 
 def test_predict_prints_top_k(export_dir, images):

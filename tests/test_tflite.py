@@ -7,8 +7,10 @@ with Keras measures quantisation, not ties between near-equal random logits.
 
 from __future__ import annotations
 
+import ctypes.util
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -198,6 +200,46 @@ def test_runner_rejects_bad_input(exported, images):
         TFLiteRunner(exported["float32"], batch_size=0)
     with pytest.raises(FileNotFoundError):
         TFLiteRunner(exported["float32"].with_name("missing.tflite"))
+
+
+def test_delegates_are_loaded_and_handed_to_the_interpreter(exported, images, monkeypatch):
+    """Each library goes through the runtime's load_delegate, the results into
+    experimental_delegates (a recording stand-in: no GPU delegate can load here)."""
+    import edgekd.runtime.tflite as tflite_runtime
+
+    reference = TFLiteRunner(exported["float32"]).predict(images[:5])
+    real = tflite_runtime._load_interpreter_module()
+    seen: dict[str, list] = {"loaded": []}
+
+    def load_delegate(library):
+        seen["loaded"].append(library)
+        return f"delegate:{library}"
+
+    def interpreter(**kwargs):
+        seen["handed"] = kwargs.pop("experimental_delegates")
+        return real.interpreter(**kwargs)
+
+    fake = real._replace(interpreter=interpreter, load_delegate=load_delegate)
+    monkeypatch.setattr(tflite_runtime, "_load_interpreter_module", lambda: fake)
+    runner = TFLiteRunner(exported["float32"], delegates=["libgpu_delegate.so"], batch_size=4)
+    assert seen == {"loaded": ["libgpu_delegate.so"], "handed": ["delegate:libgpu_delegate.so"]}
+    assert runner.delegates == ("libgpu_delegate.so",) and "libgpu_delegate.so" in repr(runner)
+    np.testing.assert_allclose(runner.predict(images[:5]), reference, atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_delegate_that_cannot_load_is_named(exported, tmp_path):
+    missing = tmp_path / "gpu" / "libtensorflowlite_gpu_delegate.so"
+    with pytest.raises(RuntimeError, match=rf"TFLite delegate {re.escape(str(missing))}: no such"):
+        TFLiteRunner(exported["float32"], delegates=[missing])
+    not_elf = tmp_path / "libnot_a_library.so"
+    not_elf.write_bytes(b"not a shared library")
+    with pytest.raises(RuntimeError, match=rf"{re.escape(str(not_elf))}: cannot load it"):
+        TFLiteRunner(exported["float32"], delegates=str(not_elf))
+    libm = ctypes.util.find_library("m")  # a real library, but not a TFLite delegate
+    if libm:
+        with pytest.raises(RuntimeError, match=rf"TFLite delegate {re.escape(libm)}: cannot"):
+            TFLiteRunner(exported["float32"], delegates=[libm])
 
 
 def test_dequantize_output_matches_spec(exported, images):

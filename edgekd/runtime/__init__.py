@@ -1,4 +1,5 @@
-"""Running exported models without TensorFlow: LiteRT for .tflite, ONNX Runtime for .onnx.
+"""Running exported models without TensorFlow: LiteRT for .tflite, ONNX Runtime for .onnx,
+TensorRT for serialized engines (.engine/.plan).
 
 Nothing under `edgekd.runtime` imports TensorFlow (a test checks it), so `edgekd bench` and
 `edgekd predict` run on a device that has only the runtime wheels.

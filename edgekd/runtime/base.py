@@ -68,7 +68,7 @@ class BatchedRunner:
 
 
 def load_runner(path: str | Path, *, threads: int | None = None, **options) -> Runner:
-    """A runner for a .tflite or .onnx file, chosen by suffix."""
+    """A runner for a .tflite, .onnx or TensorRT engine (.engine/.plan) file, by suffix."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such model file")
@@ -81,7 +81,14 @@ def load_runner(path: str | Path, *, threads: int | None = None, **options) -> R
         from edgekd.runtime.onnx import OnnxRunner
 
         return OnnxRunner(path, threads=threads, **options)
-    raise ValueError(f"{path}: unknown model format {suffix!r} (expected .tflite or .onnx)")
+    if suffix in (".engine", ".plan"):
+        from edgekd.runtime.tensorrt import TensorRTRunner
+
+        return TensorRTRunner(path, threads=threads, **options)
+    raise ValueError(
+        f"{path}: unknown model format {suffix!r} (expected .tflite, .onnx, or a TensorRT "
+        ".engine/.plan)"
+    )
 
 
 def quantize_input(images: np.ndarray, spec: TensorSpec) -> np.ndarray:

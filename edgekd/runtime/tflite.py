@@ -2,13 +2,16 @@
 
 The interpreter comes from `ai_edge_litert` (LiteRT), else `tflite_runtime`, else, as a last
 resort on a machine that has it anyway, `tensorflow.lite`. A device needs only the first.
+External delegates (a GPU delegate library, say) load through that runtime's own
+`load_delegate` and reach the interpreter as `experimental_delegates`.
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -20,22 +23,59 @@ _RUNTIMES = (
 )
 
 
-def _load_interpreter_module() -> tuple[str, Any, Any]:
-    """(runtime name, Interpreter class, OpResolverType enum) from the first runtime found."""
+class _InterpreterModule(NamedTuple):
+    """What the runner takes from a TFLite runtime: its name and three of its symbols."""
+
+    name: str
+    interpreter: Any  # the Interpreter class
+    resolver: Any  # the OpResolverType enum, or None where the runtime lacks it
+    load_delegate: Any  # load_delegate(library, options=None) -> Delegate
+
+
+def _load_interpreter_module() -> _InterpreterModule:
+    """The first TFLite runtime found: LiteRT, tflite_runtime, else TensorFlow."""
     for name, module_name in _RUNTIMES:
         try:
             module = importlib.import_module(module_name)
         except ImportError:
             continue
-        return name, module.Interpreter, getattr(module, "OpResolverType", None)
+        return _InterpreterModule(
+            name,
+            module.Interpreter,
+            getattr(module, "OpResolverType", None),
+            getattr(module, "load_delegate", None),
+        )
     try:
         import tensorflow as tf  # last resort: heavy, and absent on a device
     except ImportError as e:
         raise ImportError(
             "no TFLite runtime found: install ai-edge-litert (pip install ai-edge-litert)"
         ) from e
-    resolver = getattr(getattr(tf.lite, "experimental", None), "OpResolverType", None)
-    return "tensorflow", tf.lite.Interpreter, resolver
+    experimental = getattr(tf.lite, "experimental", None)
+    return _InterpreterModule(
+        "tensorflow",
+        tf.lite.Interpreter,
+        getattr(experimental, "OpResolverType", None),
+        getattr(experimental, "load_delegate", None),
+    )
+
+
+def _load_delegate(module: _InterpreterModule, library: str) -> Any:
+    """An external delegate (e.g. the GPU delegate's .so) loaded with the runtime's own
+    `load_delegate`; RuntimeError naming the library when it cannot be loaded."""
+    if module.load_delegate is None:
+        raise RuntimeError(f"{module.name} cannot load external delegates (asked for {library})")
+    # A path with a folder is checked here: the runtime's own message for a missing file is
+    # an OSError from ctypes plus a traceback printed from its half-built Delegate.
+    if ("/" in library or "\\" in library) and not Path(library).is_file():
+        raise RuntimeError(f"TFLite delegate {library}: no such file")
+    try:
+        return module.load_delegate(library)
+    except (OSError, ValueError, AttributeError, RuntimeError) as exc:
+        # OSError: dlopen failed; AttributeError: not a TFLite delegate library (no
+        # tflite_plugin_create_delegate); ValueError: the delegate refused to start.
+        detail = str(exc).strip().replace("\n", " ") or type(exc).__name__
+        raise RuntimeError(f"TFLite delegate {library}: cannot load it: {detail}") from exc
 
 
 def _spec(detail: dict[str, Any]) -> TensorSpec:
@@ -63,12 +103,19 @@ class TFLiteRunner(BatchedRunner):
         threads: interpreter threads; None lets the runtime choose (LiteRT: 1).
         xnnpack: keep the default XNNPACK delegate; False runs the builtin kernels only
             (`OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES`), e.g. to compare kernels.
+        delegates: external delegate libraries to load and hand to the interpreter
+            (`load_delegate` + `experimental_delegates`), e.g. the GPU delegate
+            `libtensorflowlite_gpu_delegate.so`: a path, or a name the dynamic loader finds.
+            Operations a delegate does not take run on the CPU kernels as usual.
         batch_size: images per `invoke`. With a dynamic batch dimension the input tensor is
             resized to each chunk (the last one may be smaller); with a fixed batch dimension
             the file's batch is used instead and the last chunk is padded.
 
     Attributes:
         runtime: which interpreter loaded the file: "litert", "tflite_runtime", "tensorflow".
+
+    Raises:
+        RuntimeError: a delegate library cannot be loaded (the library is named).
     """
 
     def __init__(
@@ -77,6 +124,7 @@ class TFLiteRunner(BatchedRunner):
         *,
         threads: int | None = None,
         xnnpack: bool = True,
+        delegates: Sequence[str | Path] = (),
         batch_size: int = 1,
     ) -> None:
         self.path = Path(path)
@@ -86,16 +134,32 @@ class TFLiteRunner(BatchedRunner):
             raise ValueError(f"threads must be a positive int or None, got {threads!r}")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if isinstance(delegates, (str, Path)):
+            delegates = [delegates]
         self.threads = threads
         self.xnnpack = bool(xnnpack)
+        self.delegates: tuple[str, ...] = tuple(str(d) for d in delegates)
 
-        self.runtime, interpreter_cls, resolver = _load_interpreter_module()
+        module = _load_interpreter_module()
+        self.runtime = module.name
         kwargs: dict[str, Any] = {"model_path": str(self.path), "num_threads": threads}
         if not self.xnnpack:
-            if resolver is None:
+            if module.resolver is None:
                 raise RuntimeError(f"{self.runtime} cannot disable the default delegates")
-            kwargs["experimental_op_resolver_type"] = resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-        self._interpreter = interpreter_cls(**kwargs)
+            kwargs["experimental_op_resolver_type"] = (
+                module.resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+            )
+        if self.delegates:  # the interpreter keeps them (and frees them after itself)
+            kwargs["experimental_delegates"] = [_load_delegate(module, d) for d in self.delegates]
+        try:
+            self._interpreter = module.interpreter(**kwargs)
+        except (RuntimeError, ValueError) as exc:
+            if not self.delegates:
+                raise
+            raise RuntimeError(
+                f"{self.path}: the interpreter failed with delegate(s) "
+                f"{', '.join(self.delegates)}: {exc}"
+            ) from exc
 
         inputs = self._interpreter.get_input_details()
         outputs = self._interpreter.get_output_details()
@@ -136,5 +200,5 @@ class TFLiteRunner(BatchedRunner):
             f"TFLiteRunner({str(self.path)!r}, runtime={self.runtime!r}, "
             f"input={self.input.dtype}{self.input.shape}, output={self.output.dtype}"
             f"{self.output.shape}, batch_size={self.batch_size}, threads={self.threads}, "
-            f"xnnpack={self.xnnpack})"
+            f"xnnpack={self.xnnpack}, delegates={list(self.delegates)})"
         )
