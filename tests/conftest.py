@@ -1,12 +1,14 @@
 """Shared fixtures: where the real CIFAR-10 sample lives, a private decode cache, helpers
-to run the `edgekd` command in a subprocess."""
+to run the `edgekd` command or a script in a subprocess."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -49,3 +51,18 @@ def run_cli(
         text=True,
         timeout=timeout,
     )
+
+
+def run_python_json(script: str, *args: str, timeout: float = 120) -> Any:
+    """Run `python -c SCRIPT ARGS` from the repository and return the JSON its last line
+    prints; fails the test with the script's stderr when it exits non-zero."""
+    proc = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        cwd=REPO,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])

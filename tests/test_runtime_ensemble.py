@@ -5,10 +5,7 @@ process where TensorFlow and Keras cannot be imported."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -21,8 +18,8 @@ from edgekd.ensemble import gating as kgating
 from edgekd.ensemble.gated import GatedEnsemble
 from edgekd.runtime import fusion as nfusion
 from edgekd.runtime.ensemble import EnsembleResult, EnsembleRunner
+from tests.conftest import run_python_json
 
-REPO = Path(__file__).resolve().parents[1]
 SHAPE = (16, 16, 3)
 CLASSES = ["c0", "c1", "c2", "c3", "c4"]
 GROUPS = [[0, 1], [2, 3, 4]]
@@ -323,16 +320,7 @@ def test_runner_needs_no_tensorflow_or_keras(exported, images, tmp_path) -> None
                           "active": out.active.tolist(), "loaded": loaded}))
         """
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", script, str(exported[1]), str(tmp_path / "images.npy")],
-        cwd=REPO,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = run_python_json(script, str(exported[1]), str(tmp_path / "images.npy"))
     assert result["runtime"] == "litert"
     assert result["loaded"] == []
     expected = EnsembleRunner(exported[1]).predict(images[:12])

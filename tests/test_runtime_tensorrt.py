@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import enum
 import json
-import os
-import subprocess
 import sys
 import textwrap
 import types
@@ -24,8 +22,8 @@ import pytest
 
 from edgekd.runtime import load_runner
 from edgekd.runtime.tensorrt import TensorRTRunner
+from tests.conftest import run_python_json
 
-REPO = Path(__file__).resolve().parents[1]
 H = W_ = 6
 W = np.array([[1.0, 0.0, -1.0, 0.5], [0.0, 1.0, 0.0, -0.5], [0.5, 0.25, 1.0, 0.0]]) / 100
 B = np.array([0.1, -0.2, 0.3, 0.0])
@@ -508,16 +506,7 @@ def test_runner_never_imports_tensorflow(images, tmp_path):
         print(json.dumps({"heavy": heavy, "scores": scores.tolist()}))
         """
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", script, str(engine), str(tmp_path / "images.npy")],
-        cwd=REPO,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = run_python_json(script, str(engine), str(tmp_path / "images.npy"))
     assert out["heavy"] == []
     np.testing.assert_allclose(np.array(out["scores"]), reference(images), atol=1e-5)
 

@@ -8,10 +8,7 @@ with Keras measures quantisation, not ties between near-equal random logits.
 from __future__ import annotations
 
 import ctypes.util
-import json
-import os
 import re
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -24,8 +21,8 @@ from edgekd.converters.tflite import PRECISIONS, export_tflite
 from edgekd.models import build_model
 from edgekd.runtime.base import dequantize_output, load_runner, quantize_input
 from edgekd.runtime.tflite import TFLiteRunner
+from tests.conftest import run_python_json
 
-REPO = Path(__file__).resolve().parents[1]
 SHAPE = (16, 16, 3)
 CLASSES = 3
 COLOURS = np.array([(220, 40, 40), (40, 200, 40), (40, 60, 220)], np.float32)
@@ -273,16 +270,7 @@ def test_runtime_needs_no_tensorflow(exported, images, tmp_path):
         """
     )
     paths = [str(exported["float32"]), str(exported["int8-uint8"])]
-    proc = subprocess.run(
-        [sys.executable, "-c", script, str(tmp_path / "images.npy"), *paths],
-        cwd=REPO,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = run_python_json(script, str(tmp_path / "images.npy"), *paths)
     for path in paths:
         assert result[path]["runtime"] == "litert"
         expected = TFLiteRunner(path).predict(images[:10])
