@@ -270,15 +270,39 @@ def bench(
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Runtime threads.")
-def predict(model: str, images: tuple[str, ...], top_k: int, threads: int | None) -> None:
-    """Top-k labels and softmax scores of IMAGES.
+@click.option(
+    "--ensemble", is_flag=True,
+    help="Run the gated ensemble from the export folder's members/ instead of the student.",
+)  # fmt: skip
+@click.option(
+    "--format", "ensemble_format", type=click.Choice(["tflite", "onnx"]), default="tflite",
+    show_default=True, help="Ensemble only: which member files to run.",
+)  # fmt: skip
+@click.option(
+    "--precision", "ensemble_precision", default="float32", show_default=True,
+    help="Ensemble only: which exported precision of the members (float32, int8, ...).",
+)  # fmt: skip
+def predict(
+    model: str,
+    images: tuple[str, ...],
+    top_k: int,
+    threads: int | None,
+    ensemble: bool,
+    ensemble_format: str,
+    ensemble_precision: str,
+) -> None:
+    """Top-k labels and scores of IMAGES.
 
-    MODEL is a .tflite/.onnx file (labels.txt beside it) or an export folder (its int8
-    student .tflite, else float32). No TensorFlow needed.
+    MODEL is a .tflite/.onnx file (labels.txt beside it), an export folder (its int8
+    student .tflite, else float32), or a members/ folder (the gated ensemble, which also
+    says which specialists each image woke). No TensorFlow needed.
     """
     from edgekd.predict import format_predictions, predict_files
 
-    path, runtime, predictions = predict_files(model, images, top_k=top_k, threads=threads)
+    path, runtime, predictions = predict_files(
+        model, images, top_k=top_k, threads=threads, ensemble=ensemble,
+        ensemble_format=ensemble_format, ensemble_precision=ensemble_precision,
+    )  # fmt: skip
     click.echo(f"model: {path} ({runtime})")
     click.echo(format_predictions(predictions))
 

@@ -1,4 +1,5 @@
-"""`edgekd predict`: top-k labels for a few images from an exported .tflite/.onnx file.
+"""`edgekd predict`: top-k labels for a few images from an exported .tflite/.onnx file, or
+from the exported gated ensemble (`members/`), saying which specialists each image woke.
 
 Runs on a device that has only the runtime wheels (`pip install "edgekd[runtime]"`): nothing
 here imports TensorFlow or Keras, only numpy, Pillow and `edgekd.runtime`.
@@ -32,11 +33,22 @@ class ModelError(EdgekdError):
 
 @dataclass
 class Prediction:
-    """The top-k classes of one image, best first."""
+    """The top-k classes of one image, best first; `woke` lists the specialists it woke
+    (each by its classes) when the gated ensemble made it, and is None otherwise."""
 
     image: Path
     labels: list[str]
     scores: list[float]
+    woke: list[list[str]] | None = None
+
+
+def members_folder(path: str | Path) -> Path | None:
+    """The folder holding `ensemble.json`: `path` itself or its `members/`, else None."""
+    p = Path(path)
+    for folder in (p, p / "members"):
+        if (folder / "ensemble.json").is_file():
+            return folder
+    return None
 
 
 def resolve_model(path: str | Path) -> Path:
@@ -129,26 +141,57 @@ def load_model(path: Path, threads: int | None = None):
         raise ModelError(f"{path}: cannot load it: {exc}") from exc
 
 
+def load_ensemble(folder: Path, fmt: str, precision: str, threads: int | None):
+    """An EnsembleRunner for an exported members/ folder, errors turned into ModelError."""
+    from edgekd.runtime.ensemble import EnsembleRunner
+
+    try:
+        return EnsembleRunner(folder, format=fmt, precision=precision, threads=threads)
+    except ImportError as exc:
+        raise ModelError(
+            f"{folder}: cannot load the ensemble: {exc}; install the runtimes with "
+            'pip install "edgekd[runtime]"'
+        ) from exc
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ModelError(f"{folder}: cannot load the ensemble: {exc}") from exc
+
+
 def predict_files(
     model_or_export: str | Path,
     images: Sequence[str | Path],
     *,
     top_k: int = 5,
     threads: int | None = None,
+    ensemble: bool = False,
+    ensemble_format: str = "tflite",
+    ensemble_precision: str = "float32",
 ) -> tuple[Path, str, list[Prediction]]:
-    """Top-k predictions for each image file; returns (model file, runtime, predictions).
+    """Top-k predictions for each image file; returns (model file or members folder,
+    runtime, predictions).
 
-    Every image is checked (and decoded) before the model runs, so a typo in the last path
-    fails fast instead of after a slow load.
+    The gated ensemble answers when `ensemble` is set (from the export folder's `members/`)
+    or when `model_or_export` is itself a members folder. Every image is checked before the
+    model loads, so a typo in the last path fails fast instead of after a slow load.
     """
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     if not images:
         raise DataError("no image files given")
-    model = resolve_model(model_or_export)
+    members = members_folder(model_or_export) if Path(model_or_export).is_dir() else None
+    if ensemble and members is None:
+        raise ModelError(
+            f"{model_or_export}: no ensemble.json here or in its members/ folder; export the "
+            "ensemble with `edgekd export RUN --members`"
+        )
+    use_ensemble = ensemble or (Path(model_or_export) / "ensemble.json").is_file()
+    model = members if use_ensemble else resolve_model(model_or_export)
     for p in images:  # name a missing file before loading anything
         if not Path(p).is_file():
             raise DataError(f"{p}: no such image file")
+    if use_ensemble:
+        return model, *_predict_ensemble(
+            model, images, top_k, threads, ensemble_format, ensemble_precision
+        )
     runner = load_model(model, threads)
     shape = runner.input.shape
     size = None
@@ -165,12 +208,45 @@ def predict_files(
     return model, str(getattr(runner, "runtime", "")), out
 
 
+def _predict_ensemble(
+    folder: Path,
+    images: Sequence[str | Path],
+    top_k: int,
+    threads: int | None,
+    fmt: str,
+    precision: str,
+) -> tuple[str, list[Prediction]]:
+    """(runtime, predictions) of the exported gated ensemble, one image at a time."""
+    runner = load_ensemble(folder, fmt, precision, threads)
+    shape = runner.generalist.input.shape
+    size = (int(shape[1]), int(shape[2])) if len(shape) == 4 and None not in shape[1:3] else None
+    out: list[Prediction] = []
+    for p in images:
+        result = runner.predict_one(read_image(p, size))
+        probs = result.probs[0]
+        order = np.argsort(-probs, kind="stable")[: min(top_k, len(probs))]
+        woke = [
+            [runner.classes[c] for c in runner.groups[s]]
+            for s in np.flatnonzero(result.active[0] > 0)
+        ]
+        out.append(
+            Prediction(
+                Path(p), [runner.classes[i] for i in order], [float(probs[i]) for i in order], woke
+            )
+        )
+    return f"gated ensemble, {fmt} {precision}, {runner.runtime}", out
+
+
 def format_predictions(predictions: Sequence[Prediction]) -> str:
-    """One block per image: its path, then rank, label and softmax score per line."""
+    """One block per image: its path, then rank, label and score per line; for the
+    ensemble, also the specialists the image woke."""
     lines: list[str] = []
     for pred in predictions:
         width = max(len(label) for label in pred.labels)
         lines.append(f"{pred.image}")
         for rank, (label, score) in enumerate(zip(pred.labels, pred.scores, strict=True), 1):
             lines.append(f"  {rank}. {label:<{width}}  {score:.4f}")
+        if pred.woke is not None:
+            woke = "; ".join(", ".join(group) for group in pred.woke)
+            lines.append(f"  woke: {woke or 'no specialist (the generalist alone)'}")
     return "\n".join(lines)

@@ -343,6 +343,37 @@ def test_predict_prints_top_k(export_dir, images):
         assert proc.stdout.strip().splitlines()[-1].split()[1] == "class_2"
 
 
+def test_predict_runs_the_gated_ensemble(export_dir, images, tmp_path):
+    files = [str(images / f"class_{c}" / "0002.png") for c in range(3)]
+    proc = run_no_tf("predict", str(export_dir), *files, "--ensemble", "--top-k", "3")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0] == f"model: {export_dir / 'members'} (gated ensemble, tflite float32, litert)"
+    from edgekd.predict import read_image
+    from edgekd.runtime.ensemble import EnsembleRunner
+
+    runner = EnsembleRunner(export_dir / "members")
+    for f in files:
+        block = lines[lines.index(f) + 1 : lines.index(f) + 5]
+        result = runner.predict_one(read_image(f, (16, 16)))
+        best = int(result.probs[0].argmax())
+        assert block[0].split()[1] == CLASSES[best]
+        assert float(block[0].split()[2]) == pytest.approx(result.probs[0, best], abs=1e-4)
+        woke = "class_0, class_1" if result.active[0, 0] else "no specialist (the generalist alone)"
+        assert block[3] == f"  woke: {woke}"
+
+    # The members folder itself needs no flag; an export without one is named.
+    proc = run_no_tf("predict", str(export_dir / "members"), files[0], "--precision", "int8")
+    assert proc.returncode == 0, proc.stderr
+    assert "(gated ensemble, tflite int8, litert)" in proc.stdout.splitlines()[0]
+    bare = tmp_path / "bare"
+    shutil.copytree(export_dir, bare, ignore=shutil.ignore_patterns("members"))
+    proc = run_no_tf("predict", str(bare), files[0], "--ensemble")
+    assert proc.returncode == 2 and "no ensemble.json" in proc.stderr and str(bare) in proc.stderr
+    proc = run_no_tf("predict", str(export_dir), files[0], "--ensemble", "--precision", "fp8")
+    assert proc.returncode == 2 and "has no 'tflite/fp8' file" in proc.stderr
+
+
 def test_predict_errors_exit_2(export_dir, tmp_path):
     missing = tmp_path / "nope.jpg"
     proc = run_no_tf("predict", str(export_dir), str(missing))
