@@ -1053,6 +1053,36 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# Where a point's label may go, in points from it: right, above, below, left.
+_LABEL_OFFSETS = ((5, 4), (5, -11), (-5, 7), (-5, -14), (5, 14), (5, -21), (-5, 17), (-5, -24))
+
+
+def _place_labels(fig: Any, ax: Any, rows: Sequence[dict[str, Any]]) -> None:
+    """Label each point with its precision at the first offset whose text overlaps no label
+    placed before it (points in latency order), so close points stay readable."""
+    fig.canvas.draw()  # settles the axis limits, so display positions are final
+    renderer = fig.canvas.get_renderer()
+    placed: list[Any] = []
+    for r in sorted(rows, key=lambda r: r["latency_ms"]["p50"]):
+        xy = (r["latency_ms"]["p50"], 100 * r["accuracy"])
+        for dx, dy in _LABEL_OFFSETS:
+            label = ax.annotate(
+                r["precision"], xy, textcoords="offset points", xytext=(dx, dy), fontsize=8,
+                ha="left" if dx > 0 else "right",
+            )  # fmt: skip
+            label.update_positions(renderer)
+            box = label.get_window_extent(renderer)
+            if not any(box.overlaps(other) for other in placed):
+                break
+            label.remove()
+        else:  # nowhere free: keep the first choice
+            label = ax.annotate(r["precision"], xy, textcoords="offset points",
+                                xytext=_LABEL_OFFSETS[0], fontsize=8)  # fmt: skip
+            label.update_positions(renderer)
+            box = label.get_window_extent(renderer)
+        placed.append(box)
+
+
 def save_plot(report: dict[str, Any], path: str | Path) -> str:
     """Accuracy vs p50 latency, one point per row; a message saying what happened.
 
@@ -1082,11 +1112,6 @@ def save_plot(report: dict[str, Any], path: str | Path) -> str:
         if pts:
             ax.scatter([r["latency_ms"]["p50"] for r in pts], [100 * r["accuracy"] for r in pts],
                        color=colour, marker=marker, s=55, label=f"{model} {fmt}")  # fmt: skip
-    # Labels step above and below in latency order, so neighbours do not overprint.
-    for i, r in enumerate(sorted(rows, key=lambda r: r["latency_ms"]["p50"])):
-        ax.annotate(r["precision"], (r["latency_ms"]["p50"], 100 * r["accuracy"]),
-                    textcoords="offset points", xytext=(4, (7, -13, 17, -23)[i % 4]),
-                    fontsize=8)  # fmt: skip
     ax.set_xscale("log")
     ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
     ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
@@ -1098,6 +1123,7 @@ def save_plot(report: dict[str, Any], path: str | Path) -> str:
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()
+    _place_labels(fig, ax, rows)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)

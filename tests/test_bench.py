@@ -387,3 +387,22 @@ def test_predict_errors_exit_2(export_dir, tmp_path):
 
     proc = run_no_tf("predict", str(tmp_path / "missing.tflite"), str(broken))
     assert proc.returncode == 2 and "missing.tflite: no such model file" in proc.stderr
+
+
+def test_plot_labels_of_close_points_do_not_overlap():
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [
+        {"precision": p, "latency_ms": {"p50": 0.20 + 0.002 * i}, "accuracy": 0.834 + 0.0002 * i}
+        for i, p in enumerate(["int8", "int8-qat", "dynamic", "float16"])
+    ]
+    fig, ax = plt.subplots(figsize=(8, 5))
+    ax.scatter([r["latency_ms"]["p50"] for r in rows], [100 * r["accuracy"] for r in rows])
+    bench._place_labels(fig, ax, rows)
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in ax.texts]
+    assert sorted(t.get_text() for t in ax.texts) == sorted(r["precision"] for r in rows)
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
+    plt.close(fig)
