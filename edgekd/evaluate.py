@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from edgekd.stats import PairedComparison, compare_paired, format_p, mean_std
+
 
 def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
     """Counts C[i, j] of images of true class i predicted as j."""
@@ -98,9 +100,101 @@ def overall_table(
     return format_table(["model", *extra, "accuracy (%)", "images"], rows)
 
 
-# Table names of the stages' models: the seed's "generalist / ensemble / distilled", plus
-# the hard-label student (the control).
-DISPLAY = {"generalist": "generalist", "student": "distilled"}
+# Table names of the stages' models: the seed's "generalist / ensemble / distilled", the
+# hard-label student (the control) and the budget-matched controls. (stage, artifact) -> name.
+DISPLAY = {
+    ("generalist", "model"): "generalist",
+    ("student", "model"): "distilled",
+    ("student", "control_model"): "hard-label",
+    ("budget", "counted_model"): "budget-matched",
+    ("budget", "amortised_model"): "budget-matched (amortised)",
+}
+ORDER = [
+    "generalist", "ensemble", "distilled", "hard-label", "budget-matched",
+    "budget-matched (amortised)", "distilled int8", "hard-label int8",
+]  # fmt: skip
+# (A, B): B's gain over A, reported paired. The questions issue #11 asks of every run.
+COMPARISONS = [
+    ("generalist", "ensemble"),
+    ("hard-label", "distilled"),
+    ("budget-matched", "distilled"),
+    ("budget-matched (amortised)", "distilled"),
+    ("distilled", "distilled int8"),
+    ("hard-label", "hard-label int8"),
+]
+
+
+def paired_comparisons(
+    correct: Mapping[str, np.ndarray], pairs: Sequence[tuple[str, str]] = COMPARISONS
+) -> list[PairedComparison]:
+    """Every pair in `pairs` whose two models are both in `correct` (per-image bool arrays)."""
+    return [
+        compare_paired(a, correct[a], b, correct[b])
+        for a, b in pairs
+        if a in correct and b in correct
+    ]
+
+
+def comparison_table(comparisons: Sequence[PairedComparison]) -> str:
+    """B against A, paired on the same images: accuracies, difference, 95% CI, McNemar p."""
+    rows = [
+        [
+            f"{c.b} vs {c.a}",
+            _pct(c.accuracy_b),
+            _pct(c.accuracy_a),
+            f"{100 * c.difference:+.2f}",
+            f"[{100 * c.ci_low:+.2f}, {100 * c.ci_high:+.2f}]",
+            format_p(c.p_value),
+            f"{c.only_b} / {c.only_a}",
+        ]
+        for c in comparisons
+    ]
+    headers = ["comparison (B vs A)", "B (%)", "A (%)", "B − A (pp)", "95% CI (pp)",
+               "McNemar p", "only B / only A right"]  # fmt: skip
+    return format_table(headers, rows)
+
+
+@dataclass
+class SeedSummary:
+    """Several seeds of the student stage: each seed's distilled vs control, and mean ± std."""
+
+    seeds: list[int]
+    distilled: list[float]
+    control: list[float]
+    comparisons: list[PairedComparison]
+
+    def to_dict(self) -> dict:
+        out: dict = {"seeds": self.seeds, "distilled": self.distilled, "control": self.control}
+        for key in ("distilled", "control"):
+            values = getattr(self, key)
+            if values:
+                out[f"{key}_mean"], out[f"{key}_std"] = mean_std(values)
+        if self.comparisons:
+            diffs = [c.difference for c in self.comparisons]
+            out["difference_mean"], out["difference_std"] = mean_std(diffs)
+        out["comparisons"] = [c.to_dict() for c in self.comparisons]
+        return out
+
+    def table(self) -> str:
+        rows = []
+        for i, seed in enumerate(self.seeds):
+            c = self.comparisons[i] if self.comparisons else None
+            rows.append([
+                str(seed), _pct(self.distilled[i]),
+                _pct(self.control[i]) if self.control else "-",
+                c.describe() if c else "-",
+            ])  # fmt: skip
+        d = self.to_dict()
+        rows.append([
+            "mean ± std",
+            f"{100 * d['distilled_mean']:.2f} ± {100 * d['distilled_std']:.2f}",
+            f"{100 * d['control_mean']:.2f} ± {100 * d['control_std']:.2f}" if self.control
+            else "-",
+            f"{100 * d['difference_mean']:+.2f} ± {100 * d['difference_std']:.2f} pp"
+            if self.comparisons else "-",
+        ])  # fmt: skip
+        headers = ["student seed", "distilled (%)", "hard-label (%)", "distilled − hard-label"]
+        return format_table(headers, rows)
 
 
 @dataclass
@@ -111,12 +205,16 @@ class RunEvaluation:
     data: str
     about: dict[str, dict[str, str]]
     specialists: list[dict] = field(default_factory=list)
+    comparisons: list[PairedComparison] = field(default_factory=list)
+    seeds: SeedSummary | None = None
 
     def to_dict(self) -> dict:
         return {
             "data": self.data,
             "models": {n: {**self.about[n], **e.to_dict()} for n, e in self.results.items()},
             "specialists": self.specialists,
+            "comparisons": [c.to_dict() for c in self.comparisons],
+            "student_seeds": self.seeds.to_dict() if self.seeds else None,
         }
 
     def tables(self) -> str:
@@ -125,13 +223,15 @@ class RunEvaluation:
             per_class_table(self.results, baseline="generalist"),
             overall_table(self.results, self.about),
         ]
-        r = self.results
-        if "distilled" in r and "hard-label" in r:
-            gain = 100 * (r["distilled"].accuracy - r["hard-label"].accuracy)
+        if self.comparisons:
+            n = self.comparisons[0].images
             parts.append(
-                f"Distillation vs the hard-label control (same student, batches and schedule): "
-                f"{gain:+.2f} pp"
+                f"Paired on the same {n} images (95% bootstrap interval over images, "
+                f"exact McNemar p):\n" + comparison_table(self.comparisons)
             )
+        if self.seeds:
+            n_seeds = len(self.seeds.seeds)
+            parts.append(f"Student stage over {n_seeds} seeds:\n" + self.seeds.table())
         if self.specialists:
             rows = [
                 [
@@ -177,24 +277,32 @@ def evaluate_run(run_path: str, data_spec: str | None = None, split: str = "val"
     results: dict[str, Evaluation] = {}
     about: dict[str, dict[str, str]] = {}
     stage_probs: dict[str, np.ndarray] = {}
-    for stage, rec in run.manifest.get("stages", {}).items():
-        if rec.get("status") != "done" or "model" not in rec.get("artifacts", {}):
+    recipe_dict = run.manifest["recipe"]
+    student_metrics = run.stage("student").metrics
+    for (stage, artifact), name in DISPLAY.items():
+        rec = run.manifest.get("stages", {}).get(stage, {})
+        if rec.get("status") != "done" or artifact not in rec.get("artifacts", {}):
             continue
-        cfg = run.manifest["recipe"].get(stage, {})
-        metrics = rec.get("metrics", {})
-        # The student stage holds two models: the distilled student and its control.
-        models = {"model": DISPLAY.get(stage, stage), "control_model": "hard-label"}
-        for artifact, name in models.items():
-            if artifact not in rec.get("artifacts", {}):
-                continue
-            model = keras.models.load_model(run.artifact(stage, artifact), compile=False)
-            probs = stage_probs[name] = predict_probs(model, images.images)
-            results[name] = Evaluation.from_probs(probs, images.labels, class_names)
-            about[name] = {
-                "architecture": f"{cfg.get('arch', '?')} w{cfg.get('width', '?')}",
-                "params": f"{metrics.get('params', 0) / 1e6:.2f}M",
-                "MACs/image": f"{metrics.get('macs', 0) / 1e6:.1f}M",
-            }
+        # The budget-matched controls have the student's architecture.
+        cfg = recipe_dict.get("student" if stage == "budget" else stage, {})
+        metrics = student_metrics if stage == "budget" else rec.get("metrics", {})
+        model = keras.models.load_model(run.artifact(stage, artifact), compile=False)
+        probs = stage_probs[name] = predict_probs(model, images.images)
+        results[name] = Evaluation.from_probs(probs, images.labels, class_names)
+        about[name] = {
+            "architecture": f"{cfg.get('arch', '?')} w{cfg.get('width', '?')}",
+            "params": f"{metrics.get('params', 0) / 1e6:.2f}M",
+            "MACs/image": f"{metrics.get('macs', 0) / 1e6:.1f}M",
+        }
+        if stage == "budget":
+            variant = artifact.removesuffix("_model")
+            row = rec.get("metrics", {}).get("variants", {}).get(variant, {})
+            about[name]["architecture"] += f", {row.get('epochs', '?')} epochs from scratch"
+    for name, probs in _exported_int8(run, images.images).items():
+        stage_probs[name] = probs
+        results[name] = Evaluation.from_probs(probs, images.labels, class_names)
+        base = about.get(name.removesuffix(" int8"), {})
+        about[name] = {**base, "architecture": base.get("architecture", "") + ", int8 .tflite"}
     specialists: list[dict] = []
     if run.stage("ensemble").status == "done":
         from edgekd.ensemble.gated import load_gated_ensemble
@@ -222,6 +330,64 @@ def evaluate_run(run_path: str, data_spec: str | None = None, split: str = "val"
             specialists.append({**rec, **measured, "activation_rate": float(rate)})
     if not results:
         raise RunDirError(f"{run.path}: no finished stage has a model yet")
-    order = ["generalist", "ensemble", "distilled", "hard-label"]
-    results = dict(sorted(results.items(), key=lambda kv: order.index(kv[0])))
-    return RunEvaluation(results, f"{described} ({len(images)} images)", about, specialists)
+    results = dict(sorted(results.items(), key=lambda kv: ORDER.index(kv[0])))
+    correct = {n: e_probs.argmax(1) == images.labels for n, e_probs in stage_probs.items()}
+    if "ensemble" in results:
+        correct["ensemble"] = output.probs.argmax(1) == images.labels
+    seeds = _seed_summary(run, images, correct)
+    return RunEvaluation(
+        results, f"{described} ({len(images)} images)", about, specialists,
+        comparisons=paired_comparisons(correct), seeds=seeds,
+    )  # fmt: skip
+
+
+def _seed_summary(run, images, correct: Mapping[str, np.ndarray]) -> SeedSummary | None:
+    """Each seed of the student stage (seed 0: the stage's own models) on these images."""
+    import keras
+
+    from edgekd.trainer import predict_probs
+
+    rec = run.stage("student")
+    seeds = rec.metrics.get("seeds")
+    if rec.status != "done" or not seeds or len(seeds) < 2:
+        return None
+    distilled, control, comparisons = [], [], []
+    for k in range(len(seeds)):
+        got = {}
+        for key, name in (("model", "distilled"), ("control_model", "hard-label")):
+            artifact = key if k == 0 else f"seed{k}_{key}"
+            if k == 0 and name in correct:
+                got[name] = correct[name]
+            elif artifact in rec.artifacts:
+                model = keras.models.load_model(run.artifact("student", artifact), compile=False)
+                got[name] = predict_probs(model, images.images).argmax(1) == images.labels
+        distilled.append(float(got["distilled"].mean()))
+        if "hard-label" in got:
+            control.append(float(got["hard-label"].mean()))
+            comparisons.append(
+                compare_paired("hard-label", got["hard-label"], "distilled", got["distilled"])
+            )
+    return SeedSummary([int(r["seed"]) for r in seeds], distilled, control, comparisons)
+
+
+def _exported_int8(run, images: np.ndarray) -> dict[str, np.ndarray]:
+    """Scores of the run's exported int8 .tflite files of the student or its control, run by
+    LiteRT, so the int8-vs-float comparison is paired on the same images."""
+    import json
+
+    export_dir = run.path / "export"
+    names = {"model": "distilled int8", "control_model": "hard-label int8"}
+    out: dict[str, np.ndarray] = {}
+    for card_path in sorted(export_dir.glob("*-int8.tflite.json")):
+        try:
+            card = json.loads(card_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        name = names.get(card.get("artifact", "")) if card.get("stage") == "student" else None
+        tflite = export_dir / str(card.get("file", ""))
+        if name is None or name in out or not tflite.is_file():
+            continue
+        from edgekd.runtime import load_runner
+
+        out[name] = load_runner(tflite, batch_size=64).predict(images)
+    return out

@@ -64,10 +64,15 @@ def train(
             continue
         rec = run.stage(stage.name)
         complete = all((run.path / rel).is_file() for rel in rec.artifacts.values())
-        if rec.status == "done" and rec.hash == stage_hash and complete:
+        current = rec.status == "done" and rec.hash == stage_hash and complete
+        if current and not stage.extends(recipe, rec.metrics):
             log(f"[{stage.name}] up to date, skipped (delete {run.stage_dir(stage.name)} to redo)")
             continue
-        if rec.status == "running" and rec.hash == stage_hash:
+        if current:
+            log(f"[{stage.name}] the recipe asks for more than was run: adding it")
+            rec.status = "running"
+            run.set_stage(stage.name, rec)
+        elif rec.status == "running" and rec.hash == stage_hash:
             log(f"[{stage.name}] resuming")
         else:
             if rec.status == "done" and rec.hash == stage_hash:

@@ -23,8 +23,12 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from edgekd.errors import RecipeError
 
-STAGES: tuple[str, ...] = ("generalist", "groups", "specialists", "ensemble", "student")
+STAGES: tuple[str, ...] = (
+    "generalist", "groups", "specialists", "ensemble", "student", "budget"
+)  # fmt: skip
 IMPLEMENTED_STAGES: tuple[str, ...] = STAGES
+# The method's stages; `budget` (a control that costs as much as the method) is opt-in.
+METHOD_STAGES: tuple[str, ...] = STAGES[:5]
 
 
 class FieldError(ValueError):
@@ -229,6 +233,13 @@ class StudentConfig(ModelTrainConfig):
         None, description="try these T first (search_epochs each), keep the best on validation"
     )
     search_epochs: int = Field(1, ge=1, le=10_000)
+    seeds: int = Field(
+        1,
+        ge=1,
+        le=100,
+        description="train the distilled student and its control with seeds seed, seed+1, ...; "
+        "eval gives each seed's paired difference and the mean and std over seeds",
+    )
 
     @model_validator(mode="after")
     def _ranges(self) -> StudentConfig:
@@ -247,6 +258,33 @@ class StudentConfig(ModelTrainConfig):
                 raise FieldError(("temperature_search", i), f"must be > 0, got {t}")
         if self.temperature_search is not None and not self.temperature_search:
             raise FieldError(("temperature_search",), "give at least one temperature, or null")
+        return self
+
+
+class BudgetConfig(_Section):
+    """The budget-matched control: the student's architecture trained from scratch on hard
+    labels for as long as the method took, to answer "why not just train one model longer?"."""
+
+    match: Literal["wall_time", "images"] = Field(
+        "wall_time",
+        description="wall_time: the method's measured seconds at the control's images/s; "
+        "images: as many training images seen as the method's models saw",
+    )
+    teacher_cost: tuple[Literal["counted", "amortised"], ...] = Field(
+        ("counted", "amortised"),
+        min_length=1,
+        description="counted: the budget is everything up to the distilled student; "
+        "amortised: the distilled student's own training only (the teacher is reused)",
+    )
+    batch_size: int = Field(128, ge=1, le=65_536)
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    optimizer: OptimizerConfig = OptimizerConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+
+    @model_validator(mode="after")
+    def _distinct(self) -> BudgetConfig:
+        if len(set(self.teacher_cost)) != len(self.teacher_cost):
+            raise FieldError(("teacher_cost",), "list each of counted, amortised at most once")
         return self
 
 
@@ -292,7 +330,7 @@ class ExportConfig(_Section):
 class TrainConfig(_Section):
     """How `edgekd train` runs: which stages, on what hardware settings."""
 
-    stages: tuple[str, ...] = Field(IMPLEMENTED_STAGES, min_length=1)
+    stages: tuple[str, ...] = Field(METHOD_STAGES, min_length=1)
     strategy: Literal["default", "mirrored"] = Field(
         "default", description="tf.distribute strategy (mirrored: all local GPUs; TF backend)"
     )
@@ -325,7 +363,12 @@ class TrainConfig(_Section):
 
 # Keys that say where things are or which stages to run, not what a stage computes: changing
 # them reruns nothing (the data fingerprint, not the path, goes into stage hashes).
-_NOT_HASHED = {"data": ("path", "cache_dir", "tfds_dir"), "train": ("stages", "tensorboard")}
+# `student.seeds` only adds models: more seeds extend a finished stage (Stage.extends).
+_NOT_HASHED = {
+    "data": ("path", "cache_dir", "tfds_dir"),
+    "train": ("stages", "tensorboard"),
+    "student": ("seeds",),
+}
 
 
 class Recipe(_Section):
@@ -339,6 +382,7 @@ class Recipe(_Section):
     specialists: SpecialistConfig = SpecialistConfig()
     ensemble: EnsembleConfig = EnsembleConfig()
     student: StudentConfig = StudentConfig()
+    budget: BudgetConfig = BudgetConfig()
     export: ExportConfig = ExportConfig()
     train: TrainConfig = TrainConfig()
 

@@ -1,6 +1,7 @@
 """The ordered stages of `edgekd train`; each names what it reads and what it writes."""
 
 from edgekd.stages.base import Stage, StageContext, StageOutcome
+from edgekd.stages.budget import BudgetStage
 from edgekd.stages.ensemble import EnsembleStage
 from edgekd.stages.generalist import GeneralistStage
 from edgekd.stages.groups import GroupsStage
@@ -14,6 +15,7 @@ STAGES: tuple[Stage, ...] = (
     SpecialistsStage(),
     EnsembleStage(),
     StudentStage(),
+    BudgetStage(),
 )
 
 __all__ = ["STAGES", "Stage", "StageContext", "StageOutcome"]

@@ -47,6 +47,11 @@ class Stage:
             extra={"data": data_fingerprint, **{s: upstream.get(s, "") for s in self.reads}},
         )
 
+    def extends(self, recipe: Recipe, metrics: dict[str, Any]) -> bool:
+        """True when the recipe asks a finished stage for more than it holds (e.g. more seeds)
+        and the stage can add it without redoing what it has."""
+        return False
+
     def check(self, recipe: Recipe, data: PreparedData) -> None:
         """Pre-flight checks that need the data; raise before anything is written."""
 

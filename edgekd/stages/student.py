@@ -60,6 +60,9 @@ class StudentStage(Stage):
                 "searches a constant temperature; student.temperature is a ramp",
             )
 
+    def extends(self, recipe: Recipe, metrics: dict[str, Any]) -> bool:
+        return recipe.student.seeds > len(metrics.get("seeds", [None]))
+
     def run(self, ctx: StageContext) -> StageOutcome:
         recipe, data, run = ctx.recipe, ctx.data, ctx.run
         cfg = recipe.student
@@ -86,7 +89,9 @@ class StudentStage(Stage):
                 copy_weights(generalist, model)
             return model
 
-        def fit(workdir: Path, epochs: int, temperature: Any, soft: bool) -> TrainResult:
+        def fit(
+            workdir: Path, epochs: int, temperature: Any, soft: bool, seed: int
+        ) -> TrainResult:
             run_cfg = cfg.model_copy(update={"epochs": epochs})
             steps = (len(data.train) // cfg.batch_size) * epochs
 
@@ -99,7 +104,7 @@ class StudentStage(Stage):
                 )  # fmt: skip
 
             return train_classifier(
-                build, run_cfg, data.train, data.val, workdir, seed=recipe.seed,
+                build, run_cfg, data.train, data.val, workdir, seed=seed,
                 augment=augment_of(ctx), accel=ctx.accel, strategy=recipe.train.strategy,
                 tensorboard=recipe.train.tensorboard, verbose=ctx.verbose, log=ctx.log,
                 wrap=wrap,
@@ -121,9 +126,10 @@ class StudentStage(Stage):
                     search.append(json.loads(done.read_text()))
                     continue
                 ctx.log(f"[student] temperature search: T={t:g}, {cfg.search_epochs} epoch(s)")
-                res = fit(workdir, cfg.search_epochs, t, soft=True)
+                res = fit(workdir, cfg.search_epochs, t, soft=True, seed=recipe.seed)
                 acc = _accuracy(res.model.student, data)
-                row = {"temperature": t, "val_accuracy": acc}
+                train_s = round(sum(e.get("train_s", 0.0) for e in res.history), 1)
+                row = {"temperature": t, "val_accuracy": acc, "train_s_epochs": train_s}
                 atomic.write_json(done, row)
                 shutil.rmtree(workdir / "checkpoint", ignore_errors=True)
                 search.append(row)
@@ -139,27 +145,32 @@ class StudentStage(Stage):
         )
 
         results: dict[str, Any] = {}
-        runs = [("distilled", out, True)]
-        if cfg.control:
-            runs.append(("control", out / "control", False))
-        for label, workdir, soft in runs:
+        runs = []
+        for k in range(cfg.seeds):
+            base, key = (out if k == 0 else out / f"seed-{k}"), _seed_key(k)
+            runs.append((f"{key}distilled", base, True, recipe.seed + k))
+            if cfg.control:
+                runs.append((f"{key}control", base / "control", False, recipe.seed + k))
+        for label, workdir, soft, seed in runs:
             record = workdir / "result.json"
+            shown = label.replace("_", " ") + (f" (seed {seed})" if cfg.seeds > 1 else "")
             if record.is_file():
-                ctx.log(f"[student] {label} already trained")
+                ctx.log(f"[student] {shown} already trained")
                 results[label] = json.loads(record.read_text())
                 continue
             ctx.log(
-                f"[student] training the {label} student"
+                f"[student] training the {shown} student"
                 + (f" (T={_show(temperature)}, lambda={_show(cfg.soft_weight)})" if soft else
                    " on hard labels alone (the control)")
             )  # fmt: skip
             t0 = time.perf_counter()
-            res = fit(workdir, cfg.epochs, temperature, soft)
+            res = fit(workdir, cfg.epochs, temperature, soft, seed)
             student = res.model.student
             probs = predict_probs(student, data.val.images)
             ev = Evaluation.from_probs(probs, data.val.labels, data.class_names)
             history = res.history
             row = {
+                "seed": seed,
                 "val_accuracy": ev.accuracy,
                 "per_class": ev.per_class,
                 "epochs": len(history),
@@ -174,7 +185,7 @@ class StudentStage(Stage):
             atomic.write_json(workdir / "history.json", history)
             atomic.write_json(record, row)  # written last: marks it finished
             shutil.rmtree(workdir / "checkpoint", ignore_errors=True)
-            ctx.log(f"[student] {label}: {100 * ev.accuracy:.2f}% on val")
+            ctx.log(f"[student] {shown}: {100 * ev.accuracy:.2f}% on val")
             results[label] = row
 
         distilled = results["distilled"]
@@ -201,6 +212,20 @@ class StudentStage(Stage):
                 f"control {100 * c['val_accuracy']:.2f}% vs teacher "
                 f"{100 * teacher_ev.accuracy:.2f}%"
             )
+        if cfg.seeds > 1:
+            metrics["seeds"] = [
+                {
+                    "seed": recipe.seed + k,
+                    "val_accuracy": results[f"{_seed_key(k)}distilled"]["val_accuracy"],
+                    **({"control_val_accuracy":
+                        results[f"{_seed_key(k)}control"]["val_accuracy"]} if cfg.control else {}),
+                }
+                for k in range(cfg.seeds)
+            ]  # fmt: skip
+        if metrics.get("temperature_search"):
+            metrics["search_train_s"] = round(
+                sum(r.get("train_s_epochs", 0.0) for r in metrics["temperature_search"]), 1
+            )
         atomic.write_json(
             out / "metrics.json",
             {**metrics, "evaluation": distilled["evaluation"],
@@ -209,6 +234,10 @@ class StudentStage(Stage):
         artifacts = {"model": f"{self.name}/model.keras", "metrics": f"{self.name}/metrics.json"}
         if "control" in results:
             artifacts["control_model"] = f"{self.name}/control/model.keras"
+        for k in range(1, cfg.seeds):
+            artifacts[f"seed{k}_model"] = f"{self.name}/seed-{k}/model.keras"
+            if cfg.control:
+                artifacts[f"seed{k}_control_model"] = f"{self.name}/seed-{k}/control/model.keras"
         return StageOutcome(metrics=metrics, artifacts=artifacts)
 
     def _teacher(self, ctx: StageContext):
@@ -239,6 +268,11 @@ def _load_teacher(ctx: StageContext) -> Any:
     if cfg.teacher == "full_ensemble":
         overrides = {"top_n": len(ctx.data.class_names), "confidence": None}
     return load_gated_ensemble(run.path, **overrides)
+
+
+def _seed_key(k: int) -> str:
+    """Result/artifact key prefix of the k-th extra seed ('' for the recipe's own seed)."""
+    return "" if k == 0 else f"seed{k}_"
 
 
 def _accuracy(model: keras.Model, data: Any) -> float:
