@@ -377,6 +377,7 @@ def _exported_int8(run, images: np.ndarray) -> dict[str, np.ndarray]:
 
     export_dir = run.path / "export"
     names = {"model": "distilled int8", "control_model": "hard-label int8"}
+    trained = run.stage("student").finished or ""
     out: dict[str, np.ndarray] = {}
     for card_path in sorted(export_dir.glob("*-int8.tflite.json")):
         try:
@@ -385,7 +386,9 @@ def _exported_int8(run, images: np.ndarray) -> dict[str, np.ndarray]:
             continue
         name = names.get(card.get("artifact", "")) if card.get("stage") == "student" else None
         tflite = export_dir / str(card.get("file", ""))
-        if name is None or name in out or not tflite.is_file():
+        # A file exported before the student was last trained is of another model.
+        stale = str(card.get("created", "")) < trained
+        if name is None or name in out or stale or not tflite.is_file():
             continue
         from edgekd.runtime import load_runner
 

@@ -180,3 +180,22 @@ def test_export_set_override_is_validated(smoke_export):
     run_dir, _ = smoke_export
     proc = run_cli("export", str(run_dir), "--set", "export.tolerance_pp=-1")
     assert proc.returncode == 2 and "export.tolerance_pp" in proc.stderr
+
+
+@pytest.mark.e2e
+def test_eval_pairs_the_int8_file_with_its_float_model(smoke_export):
+    """`edgekd eval` runs the exported int8 .tflite through LiteRT on the same images and
+    reports int8 vs float as a paired difference."""
+    run_dir, _ = smoke_export
+    proc = run_cli("export", str(run_dir), "--int8", "--format", "tflite", "--force")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    card = json.loads((run_dir / "export" / "student-int8.tflite.json").read_text())
+    proc = run_cli("eval", str(run_dir), "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    payload = json.loads(proc.stdout)
+    pairs = {(c["a"], c["b"]): c for c in payload["comparisons"]}
+    c = pairs[("distilled", "distilled int8")]
+    assert c["accuracy_a"] == pytest.approx(payload["models"]["distilled"]["accuracy"])
+    # the same images as the export's parity run (the whole validation split): same accuracy
+    assert c["accuracy_b"] == pytest.approx(card["parity"]["accuracy"])
+    assert c["only_a"] + c["only_b"] <= c["images"]
