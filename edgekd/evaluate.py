@@ -207,6 +207,7 @@ class RunEvaluation:
     specialists: list[dict] = field(default_factory=list)
     comparisons: list[PairedComparison] = field(default_factory=list)
     seeds: SeedSummary | None = None
+    correct: dict[str, np.ndarray] = field(default_factory=dict)  # per image, for pairing runs
 
     def to_dict(self) -> dict:
         return {
@@ -337,7 +338,7 @@ def evaluate_run(run_path: str, data_spec: str | None = None, split: str = "val"
     seeds = _seed_summary(run, images, correct)
     return RunEvaluation(
         results, f"{described} ({len(images)} images)", about, specialists,
-        comparisons=paired_comparisons(correct), seeds=seeds,
+        comparisons=paired_comparisons(correct), seeds=seeds, correct=correct,
     )  # fmt: skip
 
 
