@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,26 @@ def cifar_jpeg() -> Path:
     if not CIFAR_JPEG.is_dir():
         pytest.skip(f"real CIFAR-10 JPEGs not found at {CIFAR_JPEG} (set EDGEKD_CIFAR_JPEG)")
     return CIFAR_JPEG
+
+
+@pytest.fixture(scope="session")
+def smoke_trained(tmp_path_factory, cifar_jpeg) -> tuple[Path, subprocess.CompletedProcess, float]:
+    """The smoke recipe on real CIFAR-10 JPEGs, trained once per session; modules that change
+    a run take a copy (`smoke_copy`), so each starts from the same pristine run."""
+    run_dir = tmp_path_factory.mktemp("runs") / "smoke"
+    t0 = time.perf_counter()
+    proc = run_cli(
+        "train", "smoke", "--set", f"data.path={cifar_jpeg}", "--run-dir", str(run_dir), "--quiet"
+    )
+    wall = time.perf_counter() - t0
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir, proc, wall
+
+
+def smoke_copy(smoke_trained, destination: Path) -> Path:
+    """A private copy of the session's smoke run at `destination`."""
+    shutil.copytree(smoke_trained[0], destination)
+    return destination
 
 
 def run_cli(

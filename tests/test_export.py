@@ -15,7 +15,7 @@ from edgekd.export import export_model, parity, representative_images
 from edgekd.models import build_model
 from edgekd.recipe import ExportConfig
 from edgekd.runtime import load_runner
-from tests.conftest import run_cli
+from tests.conftest import run_cli, smoke_copy
 
 
 def _toy(seed: int = 0, n: int = 240):
@@ -100,11 +100,8 @@ def test_parity_function_on_hand_values():
 
 
 @pytest.fixture(scope="module")
-def smoke_export(tmp_path_factory, cifar_jpeg):
-    run_dir = tmp_path_factory.mktemp("runs") / "smoke"
-    proc = run_cli("train", "smoke", "--set", f"data.path={cifar_jpeg}", "--run-dir", str(run_dir),
-                   "--quiet")  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def smoke_export(smoke_trained, tmp_path_factory):
+    run_dir = smoke_copy(smoke_trained, tmp_path_factory.mktemp("runs") / "smoke")
     proc = run_cli("export", str(run_dir), "--float", "--format", "tflite,onnx", "--members")
     return run_dir, proc
 

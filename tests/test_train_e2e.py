@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, run_cli, smoke_copy
 from tests.synthetic import make_folder
 
 
@@ -27,16 +27,10 @@ def manifest(run_dir: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory, cifar_jpeg):
-    """The smoke recipe on real CIFAR-10 JPEGs, trained once for this module."""
-    run_dir = tmp_path_factory.mktemp("runs") / "smoke"
-    t0 = time.perf_counter()
-    proc = run_cli(
-        "train", "smoke", "--set", f"data.path={cifar_jpeg}", "--run-dir", str(run_dir), "--quiet"
-    )
-    wall = time.perf_counter() - t0
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return run_dir, proc, wall
+def smoke_run(smoke_trained, tmp_path_factory):
+    """This module's copy of the session's smoke run (its tests change it)."""
+    _, proc, wall = smoke_trained
+    return smoke_copy(smoke_trained, tmp_path_factory.mktemp("runs") / "smoke"), proc, wall
 
 
 @pytest.mark.e2e
@@ -173,22 +167,7 @@ def test_student_seeds_and_budget_matched_control(smoke_run, tmp_path, cifar_jpe
     assert seeds["distilled"][0] == pytest.approx(payload["models"]["distilled"]["accuracy"])
     mean = (seeds["distilled"][0] + seeds["distilled"][1]) / 2
     assert seeds["distilled_mean"] == pytest.approx(mean)
-    proc = run_cli("eval", str(run_dir))
-    assert "Student stage over 2 seeds" in proc.stdout and "mean ± std" in proc.stdout
-    assert "distilled vs budget-matched (amortised)" in proc.stdout
-
-    # Counting images instead of seconds is deterministic: the generalist's 2 epochs, two
-    # specialists' 1 each and the student's 1, each of whole batches of 32.
-    proc = run_cli(*args, "--set", "budget.match=images", "--set", "budget.teacher_cost=[counted]",
-                   "--set", "budget.batch_size=32")  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "[student] up to date, skipped" in proc.stdout
-    assert "[budget] inputs changed" in proc.stdout
-    m = manifest(run_dir)
-    row = m["stages"]["budget"]["metrics"]["variants"]["counted"]
-    per_epoch = m["data"]["num_train"] // 32 * 32
-    assert row["match"] == "images" and row["budget"] == (2 + 2 * 1 + 1) * per_epoch
-    assert row["epochs"] == 5
+    # (The tables' text and `budget.match: images` are checked in tests/test_budget.py.)
 
 
 @pytest.mark.e2e
