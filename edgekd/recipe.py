@@ -196,6 +196,12 @@ class EnsembleConfig(_Section):
     )
     fusion_iterations: int = Field(50, ge=1, le=10_000)
     batch_size: int = Field(256, ge=1)
+    flip_average: bool = Field(
+        False,
+        description="average every member's probabilities over the image and its mirror "
+        "before gating and fusion (test-time augmentation at twice the members' cost); the "
+        "teacher of the student stage does the same on the student's augmented view",
+    )
 
 
 class RampConfig(_Section):

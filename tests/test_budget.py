@@ -19,7 +19,7 @@ def run(tmp_path) -> RunDir:
     for stage, wall in walls.items():
         metrics = {"specialists": [{}, {}]} if stage == "specialists" else {}
         run.set_stage(stage, StageRecord(status="done", wall_s=wall, metrics=metrics))
-    student = {"train_s_epochs": 400.0, "control_images_per_s": 900.0,
+    student = {"epochs": 4, "images_per_s": 896.0, "control_images_per_s": 900.0,
                "temperature_search": [{"temperature": 4}, {"temperature": 8}],
                "search_train_s": 100.0}  # fmt: skip
     run.set_stage("student", StageRecord(status="done", wall_s=1000.0, metrics=student))
@@ -27,10 +27,11 @@ def run(tmp_path) -> RunDir:
 
 
 def test_budget_seconds_counted_and_amortised(run):
-    # amortised: the distilled student's own training, its temperature search included.
-    assert budget_seconds(run, "amortised") == 400.0 + 100.0
+    # amortised: the distilled student's 4 epochs of 89,600 images at 896 images/s, its
+    # temperature search included.
+    assert budget_seconds(run, "amortised", 89_600) == 400.0 + 100.0
     # counted: plus every upstream stage's wall time (not the control's: it is a diagnostic).
-    assert budget_seconds(run, "counted") == 500.0 + 600.0 + 0.5 + 300.0 + 10.0
+    assert budget_seconds(run, "counted", 89_600) == 500.0 + 600.0 + 0.5 + 300.0 + 10.0
 
 
 def test_budget_images_counts_whole_batches(run):

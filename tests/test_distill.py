@@ -315,3 +315,30 @@ def test_mirrored_check_catches_unscaled_loss():
     (w1, _), (w2, _) = out["one"], out["two"]
     diffs = [np.abs(np.array(a) - np.array(b)).max() for a, b in zip(w1, w2, strict=True)]
     assert max(diffs) > 1e-3
+
+
+@pytest.mark.parametrize("gather", [True, False])
+def test_flip_averaged_teacher_matches_predict_and_is_mirror_invariant(gather):
+    import tensorflow as tf
+
+    ens = _tiny_ensemble(3)
+    x = np.random.default_rng(4).integers(0, 255, (24, 16, 16, 3)).astype("uint8")
+    plain = ens.predict(x).probs
+    ens.flip = True
+    want = ens.predict(x)
+    assert want.views == 2 and not np.allclose(want.probs, plain, atol=1e-4)
+    # The image and its mirror get the same answer: each member sees both.
+    mirrored = ens.predict(x[:, :, ::-1])
+    np.testing.assert_allclose(mirrored.probs, want.probs, atol=1e-5)
+    teacher = ens.teacher(gather=gather)
+    got = tf.function(lambda a: teacher(a))(tf.constant(x, tf.float32)).numpy()
+    np.testing.assert_allclose(got, want.probs, atol=1e-5)
+    # By hand: the generalist's flip-averaged probabilities gate and enter the fusion.
+    general = ops.convert_to_numpy(
+        0.5 * (ops.softmax(ens.generalist(x.astype("float32")))
+               + ops.softmax(ens.generalist(x[:, :, ::-1].astype("float32"))))
+    )  # fmt: skip
+    np.testing.assert_allclose(want.general, general, atol=1e-6)
+    # The generalist's probabilities can be handed in (unmirrored), as eval does.
+    given = ens.predict(x, general=ops.convert_to_numpy(ops.softmax(ens.generalist(x))))
+    np.testing.assert_allclose(given.probs, want.probs, atol=1e-5)

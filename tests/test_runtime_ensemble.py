@@ -326,3 +326,21 @@ def test_runner_needs_no_tensorflow_or_keras(exported, images, tmp_path) -> None
     expected = EnsembleRunner(exported[1]).predict(images[:12])
     np.testing.assert_array_equal(np.asarray(result["active"]), expected.active)
     np.testing.assert_allclose(np.asarray(result["probs"]), expected.probs, atol=1e-6)
+
+
+def test_runner_applies_flip_averaging_from_json(exported, images, tmp_path) -> None:
+    """`tta.flip` in ensemble.json: the runner averages every member over the mirror image,
+    as GatedEnsemble(flip=True) does, and counts both views' model runs."""
+    ens, members = exported
+    flipped = GatedEnsemble(ens.generalist, ens.specialists, GROUPS, 5, top_n=1, flip=True)
+    for f in members.glob("*.tflite"):
+        shutil.copy(f, tmp_path / f.name)
+    _write_members(flipped, tmp_path, {f.stem: f.name for f in members.glob("*.tflite")})
+    runner = EnsembleRunner(tmp_path, batch_size=8)
+    assert runner.flip
+    got, want = runner.predict(images), flipped.predict(images)
+    np.testing.assert_array_equal(got.active, want.active)
+    np.testing.assert_allclose(got.probs, want.probs, atol=1e-4)
+    assert got.members_per_image == pytest.approx(2 * (1.0 + want.active.sum(1).mean()))
+    one = runner.predict_one(images[3])
+    np.testing.assert_allclose(one.probs[0], got.probs[3], atol=1e-5)

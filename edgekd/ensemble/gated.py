@@ -36,6 +36,8 @@ class GatedEnsemble:
         dustbin: bool. Specialists have a dustbin output. Defaults to True.
         iterations: int. Fusion iterations. Defaults to 50.
         batch_size: int. Inference batch size. Defaults to 256.
+        flip: bool. Average each member's probabilities over the image and its mirror.
+            Defaults to False.
     """
 
     generalist: keras.Model
@@ -47,6 +49,7 @@ class GatedEnsemble:
     dustbin: bool = True
     iterations: int = 50
     batch_size: int = 256
+    flip: bool = False
     membership: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
@@ -57,11 +60,13 @@ class GatedEnsemble:
     def predict(self, images: np.ndarray, general: np.ndarray | None = None) -> EnsembleResult:
         """Fused class probabilities for uint8/float pixel images (N, H, W, 3).
 
-        `general` may carry the generalist's probabilities for these images when the caller
-        already has them; the generalist is then not run again.
+        `general` may carry the generalist's probabilities for these images (not mirrored)
+        when the caller already has them; the generalist is then not run on them again.
         """
         if general is None:
             general = predict_probs(self.generalist, images, self.batch_size)
+        if self.flip:
+            general = 0.5 * (general + self._probs(self.generalist, images[:, :, ::-1]))
         n, m, k = len(images), len(self.groups), self.num_classes
         if m == 0 or n == 0:
             return EnsembleResult(general, general, np.zeros((n, m), np.float32))
@@ -74,7 +79,7 @@ class GatedEnsemble:
         for s, idx in enumerate(activation_plan(active)):
             if len(idx) == 0:
                 continue
-            probs = predict_probs(self.specialists[s], images[idx], self.batch_size)
+            probs = self._probs(self.specialists[s], images[idx], mirror=self.flip)
             scattered, dust = scatter_specialist(probs, self.groups[s], k, dustbin=self.dustbin)
             p_in[idx, s] = np.asarray(scattered)
             p_dust[idx, s] = np.asarray(dust)
@@ -82,7 +87,14 @@ class GatedEnsemble:
             general, p_in, p_dust, active, self.membership,
             dustbin=self.dustbin, iterations=self.iterations,
         )  # fmt: skip
-        return EnsembleResult(np.asarray(fused, np.float32), general, active)
+        return EnsembleResult(np.asarray(fused, np.float32), general, active, 2 if self.flip else 1)
+
+    def _probs(self, model: keras.Model, images: np.ndarray, mirror: bool = False) -> np.ndarray:
+        """A member's probabilities; with `mirror`, averaged with those of the mirror images."""
+        probs = predict_probs(model, images, self.batch_size)
+        if mirror:
+            probs = 0.5 * (probs + predict_probs(model, images[:, :, ::-1], self.batch_size))
+        return probs
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         """Fused probabilities: the ensemble as a teacher callable."""
@@ -94,7 +106,8 @@ class GatedEnsemble:
 
     def macs_per_image(self, general_macs: int, specialist_macs: list[int], rates) -> float:
         """Average MACs actually spent per image at the given activation rates."""
-        return float(general_macs + sum(r * c for r, c in zip(rates, specialist_macs, strict=True)))
+        spent = general_macs + sum(r * c for r, c in zip(rates, specialist_macs, strict=True))
+        return float(spent * (2 if self.flip else 1))
 
     def config(self, class_names: list[str]) -> dict[str, Any]:
         """What a runtime needs besides the model files to reproduce the ensemble."""
@@ -107,6 +120,9 @@ class GatedEnsemble:
                        "confidence": self.confidence},
             "fusion": {"objective": "KL(p_g,q) + sum_m KL(p_m, A_m q)", "solver": "em+newton",
                        "iterations": self.iterations},
+            "tta": {"flip": self.flip,
+                    "rule": "each member's softmax averaged over the image and its mirror "
+                            "(width axis) before gating and fusion"},
         }  # fmt: skip
 
 
@@ -131,7 +147,7 @@ class GatedTeacher:
         """Fused probabilities (B, K); with `temperature`, members are tempered before fusion."""
         ens = self.ensemble
         x = ops.cast(x, "float32")
-        z_general = ops.cast(ens.generalist(x, training=False), "float32")
+        z_general = self._logits(ens.generalist, x)
         general = ops.softmax(z_general, axis=-1)
         active = gate(general, ens.membership, top_n=ens.top_n, confidence=ens.confidence)
         if temperature is not None:
@@ -144,15 +160,13 @@ class GatedTeacher:
                 # A convolution on an empty batch fails on TF's CPU kernels; skip instead.
                 z_some = ops.cond(
                     ops.shape(idx)[0] > 0,
-                    lambda m=model, i=idx: ops.cast(
-                        m(ops.take(x, i, axis=0), training=False), "float32"
-                    ),
+                    lambda m=model, i=idx: self._logits(m, ops.take(x, i, axis=0)),
                     lambda w=width: ops.zeros((0, w), "float32"),
                 )
                 # Rows that did not wake this specialist get zero logits; the gate masks them.
                 z = ops.scatter(ops.expand_dims(idx, -1), z_some, (ops.shape(x)[0], width))
             else:
-                z = ops.cast(model(x, training=False), "float32")
+                z = self._logits(model, x)
             if temperature is not None:
                 z = z / temperature
             p_in, dust = scatter_specialist(
@@ -166,6 +180,17 @@ class GatedTeacher:
             general, ops.stack(ins, axis=1), ops.stack(dusts, axis=1), active, ens.membership,
             dustbin=ens.dustbin, iterations=ens.iterations,
         )  # fmt: skip
+
+
+    def _logits(self, model: keras.Model, x: Any) -> Any:
+        """A member's float32 logits; with flip averaging, the log of its probabilities
+        averaged over x and its mirror (a logit vector whose softmax is that average)."""
+        z = ops.cast(model(x, training=False), "float32")
+        if not self.ensemble.flip:
+            return z
+        z_mirror = ops.cast(model(ops.flip(x, axis=2), training=False), "float32")
+        log_mean = ops.logaddexp(ops.log_softmax(z, axis=-1), ops.log_softmax(z_mirror, axis=-1))
+        return log_mean - np.log(2.0).astype(np.float32)
 
 
 def load_gated_ensemble(run_path: str | Path, **overrides: Any) -> GatedEnsemble:
@@ -190,6 +215,7 @@ def load_gated_ensemble(run_path: str | Path, **overrides: Any) -> GatedEnsemble
         "dustbin": recipe.get("specialists", {}).get("dustbin", True),
         "iterations": ens.get("fusion_iterations", 50),
         "batch_size": ens.get("batch_size", 256),
+        "flip": ens.get("flip_average", False),
         **overrides,
     }
     return GatedEnsemble(

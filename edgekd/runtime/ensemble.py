@@ -32,6 +32,7 @@ class EnsembleResult:
     probs: np.ndarray  # (N, K) fused
     general: np.ndarray  # (N, K) the generalist's own
     active: np.ndarray  # (N, M) 0/1
+    views: int = 1  # 2 with flip averaging: every member runs on the image and its mirror
 
     @property
     def activation_rate(self) -> np.ndarray:
@@ -42,10 +43,11 @@ class EnsembleResult:
 
     @property
     def members_per_image(self) -> float:
-        """Models run per image on average: the generalist plus the woken specialists."""
+        """Model runs per image on average: the generalist plus the woken specialists, on
+        each view."""
         if len(self.active) == 0 or self.active.shape[1] == 0:
-            return 1.0
-        return float(1.0 + self.active.sum(1).mean())
+            return float(self.views)
+        return float(self.views * (1.0 + self.active.sum(1).mean()))
 
 
 class EnsembleRunner:
@@ -101,6 +103,7 @@ class EnsembleRunner:
         self.top_n = int(gating.get("top_n", 1))
         confidence = gating.get("confidence")
         self.confidence = None if confidence is None else float(confidence)
+        self.flip = bool(cfg.get("tta", {}).get("flip", False))
         fusion = cfg.get("fusion", {})
         self.iterations = int(fusion.get("iterations", 50))
         self.tol = float(fusion.get("tol", 1e-6))
@@ -150,7 +153,7 @@ class EnsembleRunner:
     def predict(self, images: np.ndarray) -> EnsembleResult:
         """Fused class probabilities for RGB pixel images 0..255 (N, H, W, 3)."""
         images = np.asarray(images)
-        general = softmax(self.generalist.predict(images))
+        general = self._probs(self.generalist, images)
         n, m = len(images), len(self.groups)
         if m == 0 or n == 0:
             return EnsembleResult(general, general, np.zeros((n, m), np.float32))
@@ -163,12 +166,12 @@ class EnsembleRunner:
                 continue
             # Only the images that woke this specialist; all of them without a copy.
             some = images if idx.size == n else images[idx]
-            self._place(p_in, p_dust, idx, s, softmax(runner.predict(some)))
+            self._place(p_in, p_dust, idx, s, self._probs(runner, some))
         probs = fuse(
             general, p_in, p_dust, active, self.membership,
             dustbin=self.dustbin, iterations=self.iterations, tol=self.tol, eps=self.eps,
         )  # fmt: skip
-        return EnsembleResult(probs, general, active)
+        return EnsembleResult(probs, general, active, 2 if self.flip else 1)
 
     def predict_one(self, image: np.ndarray) -> EnsembleResult:
         """The same for one image (H, W, 3) or (1, H, W, 3), for batch-1 latency: no gather,
@@ -178,7 +181,7 @@ class EnsembleRunner:
             x = x[None]
         if len(x) != 1:
             raise ValueError(f"predict_one takes one image, got shape {x.shape}")
-        general = softmax(self.generalist.predict(x))
+        general = self._probs(self.generalist, x)
         m = len(self.groups)
         active = gate(general, self.membership, top_n=self.top_n, confidence=self.confidence)
         if m == 0 or not active.any():
@@ -187,16 +190,23 @@ class EnsembleRunner:
         p_dust = np.zeros((1, m), np.float32)
         row = np.zeros(1, np.int64)
         for s in np.flatnonzero(active[0] > 0):
-            self._place(p_in, p_dust, row, int(s), softmax(self.specialists[s].predict(x)))
+            self._place(p_in, p_dust, row, int(s), self._probs(self.specialists[s], x))
         probs = fuse(
             general, p_in, p_dust, active, self.membership,
             dustbin=self.dustbin, iterations=self.iterations, tol=self.tol, eps=self.eps,
         )  # fmt: skip
-        return EnsembleResult(probs, general, active)
+        return EnsembleResult(probs, general, active, 2 if self.flip else 1)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         """Fused probabilities (N, K)."""
         return self.predict(images).probs
+
+    def _probs(self, runner: Runner, images: np.ndarray) -> np.ndarray:
+        """A member's probabilities; averaged with the mirror images' when `tta.flip` is set."""
+        probs = softmax(runner.predict(images))
+        if self.flip:
+            probs = 0.5 * (probs + softmax(runner.predict(images[:, :, ::-1])))
+        return probs
 
     def _place(
         self, p_in: np.ndarray, p_dust: np.ndarray, idx: np.ndarray, s: int, probs: np.ndarray

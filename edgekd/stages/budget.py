@@ -7,9 +7,9 @@ and once with it amortised (the budget is the distilled student's own training: 
 distils several students from one ensemble pays for the teacher once).
 
 The budget is measured, not configured: wall time is the upstream stages' recorded seconds
-(their evaluation included, which favours the control) plus the distilled student's training
-seconds, converted to epochs at the hard-label control's measured images/s; `match: images`
-counts the training images every model of the method saw instead.
+(their evaluation included, which favours the control) plus the distilled student's epochs at
+its median images/s, converted to epochs at the hard-label control's median images/s;
+`match: images` counts the training images every model of the method saw instead.
 
 Reads: the manifest's stage records of generalist … student. Writes `budget/<variant>/`:
 `model.keras`, `history.json`, `result.json`; `budget/metrics.json`.
@@ -37,10 +37,15 @@ from edgekd.trainer import predict_probs, train_classifier
 UPSTREAM = ("generalist", "groups", "specialists", "ensemble")
 
 
-def budget_seconds(run: RunDir, teacher_cost: str) -> float:
-    """The method's wall time in seconds: upstream stages (counted) + the distilled student."""
+def budget_seconds(run: RunDir, teacher_cost: str, images_per_epoch: int) -> float:
+    """The method's wall time in seconds: upstream stages (counted) + the distilled student.
+
+    The student's part is its epochs at its median images/s, so one epoch slowed by another
+    process on the machine does not inflate the budget; upstream stages count as recorded.
+    """
     student = run.stage("student").metrics
-    own = float(student.get("train_s_epochs") or 0.0) + float(student.get("search_train_s", 0.0))
+    own = student["epochs"] * images_per_epoch / float(student["images_per_s"])
+    own += float(student.get("search_train_s", 0.0))
     if teacher_cost == "amortised":
         return own
     return own + sum(float(run.stage(s).wall_s or 0.0) for s in UPSTREAM)
@@ -106,7 +111,8 @@ class BudgetStage(Stage):
                 artifacts[f"{variant}_model"] = f"{self.name}/{variant}/model.keras"
                 continue
             if cfg.match == "wall_time":
-                budget = budget_seconds(run, variant)
+                student_epoch = (n // student.batch_size) * student.batch_size
+                budget = budget_seconds(run, variant, student_epoch)
                 ips = float(run.stage("student").metrics["control_images_per_s"])
                 epochs = budget_epochs(budget, per_epoch_images / ips)
                 what = f"{budget:.0f} s at {ips:.0f} images/s"
