@@ -377,6 +377,11 @@ _NOT_HASHED = {
 }
 
 
+# Options added after runs were made with this schema: at their default they stay out of the
+# stage hashes, so adding an option does not redo the stages of existing runs.
+_HASH_NEUTRAL_DEFAULTS: dict[str, dict[str, Any]] = {"ensemble": {"flip_average": False}}
+
+
 class Recipe(_Section):
     """A whole experiment. Build one with `load_recipe`; `to_dict()` round-trips."""
 
@@ -447,6 +452,10 @@ class Recipe(_Section):
         for section, keys in _NOT_HASHED.items():
             for key in keys:
                 d[section].pop(key, None)
+        for section, defaults in _HASH_NEUTRAL_DEFAULTS.items():
+            for key, default in defaults.items():
+                if d[section].get(key) == default:
+                    d[section].pop(key)
         payload = {s: d[s] for s in sections}
         if extra:
             payload["extra"] = dict(extra)

@@ -200,3 +200,15 @@ def test_student_section_ranges_and_ramps(tmp_path):
     assert r.student.temperature.start == 8.0 and r.student.temperature.shape == "cosine"
     assert build_recipe(r.to_dict()).to_dict() == r.to_dict()
     assert load_recipe(write(tmp_path, BASE)).student.control is True
+
+
+def test_option_added_later_keeps_old_hashes_at_its_default():
+    """ensemble.flip_average came after runs existed: at its default it leaves the hashes
+    of the ensemble and student stages as they were; switched on, it changes them."""
+    from edgekd.recipe import build_recipe
+
+    base = {"data": {"path": "x"}}
+    plain = build_recipe(base).digest("ensemble", "student")
+    off = build_recipe({**base, "ensemble": {"flip_average": False}}).digest("ensemble", "student")
+    on = build_recipe({**base, "ensemble": {"flip_average": True}}).digest("ensemble", "student")
+    assert plain == off != on
