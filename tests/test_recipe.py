@@ -161,10 +161,12 @@ def test_missing_recipe_file_suggests_builtin():
 
 def test_builtin_recipes_load_by_name_and_path():
     names = builtin_recipes()
-    assert {"smoke", "cifar10-cpu", "cifar10-paper"} <= set(names)
+    assert {"smoke", "cifar10-cpu", "cifar10-paper", "cifar10-gpu"} <= set(names)
     for name in names:
         by_name = load_recipe(name)
         assert isinstance(by_name, Recipe) and by_name.name == name
+        # every built-in recipe is the whole method, student and export included
+        assert by_name.train.stages[-1] == "student", name
     assert load_recipe("recipes/smoke.yaml").to_dict() == load_recipe("smoke").to_dict()
 
 
