@@ -119,6 +119,8 @@ COMPARISONS = [
     ("hard-label", "distilled"),
     ("budget-matched", "distilled"),
     ("budget-matched (amortised)", "distilled"),
+    ("budget-matched", "hard-label"),
+    ("budget-matched (amortised)", "hard-label"),
     ("distilled", "distilled int8"),
     ("hard-label", "hard-label int8"),
 ]
