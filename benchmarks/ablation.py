@@ -3,7 +3,10 @@
 Every run must share the baseline's data and seed, so their validation splits hold the same
 images; each model is then compared image by image with the baseline run's model of the same
 role (95% bootstrap interval, exact McNemar p), and each run's distilled student with its own
-hard-label control. Stage wall times come from the manifests.
+hard-label control. A lever run may skip its control (`student.control: false`) when only the
+teacher changed: the control does not depend on the teacher, so the baseline's control (same
+start, batches and schedule) stands in, marked "(baseline's)". Stage wall times come from the
+manifests.
 
     python benchmarks/ablation.py runs/base runs/lever-a runs/lever-b [--json out.json]
 """
@@ -48,11 +51,13 @@ def main() -> None:
                 text += f" ({c.describe()})"
                 entry["models"][role]["vs_baseline"] = c.to_dict()
             cells.append(text)
-        if "distilled" in ev.correct and "hard-label" in ev.correct:
-            c = compare_paired("hard-label", ev.correct["hard-label"], "distilled",
-                               ev.correct["distilled"])  # fmt: skip
-            cells.append(c.describe())
-            entry["distilled_vs_control"] = c.to_dict()
+        control, whose = ev.correct.get("hard-label"), ""
+        if control is None and "hard-label" in base.correct:
+            control, whose = base.correct["hard-label"], " (baseline's)"
+        if "distilled" in ev.correct and control is not None:
+            c = compare_paired("hard-label", control, "distilled", ev.correct["distilled"])
+            cells.append(c.describe() + whose)
+            entry["distilled_vs_control"] = {**c.to_dict(), "control_of": whose or "own"}
         else:
             cells.append("-")
         total = sum(w or 0.0 for w in walls.values())
