@@ -316,7 +316,8 @@ def evaluate_run(run_path: str, data_spec: str | None = None, split: str = "val"
         results["ensemble"] = Evaluation.from_probs(output.probs, images.labels, class_names)
         ens = run.stage("ensemble").metrics
         about["ensemble"] = {
-            "architecture": f"gated, top-{ensemble.top_n}",
+            "architecture": f"gated, top-{ensemble.top_n}"
+            + (", mirror-averaged" if ensemble.flip else ""),
             "params": "",
             "MACs/image": f"{ens.get('macs_per_image', 0) / 1e6:.1f}M",
         }
