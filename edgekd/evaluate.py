@@ -379,6 +379,8 @@ def _exported_int8(run, images: np.ndarray) -> dict[str, np.ndarray]:
     LiteRT, so the int8-vs-float comparison is paired on the same images."""
     import json
 
+    from edgekd.runtime import load_runner
+
     export_dir = run.path / "export"
     names = {"model": "distilled int8", "control_model": "hard-label int8"}
     trained = run.stage("student").finished or ""
@@ -394,7 +396,5 @@ def _exported_int8(run, images: np.ndarray) -> dict[str, np.ndarray]:
         stale = str(card.get("created", "")) < trained
         if name is None or name in out or stale or not tflite.is_file():
             continue
-        from edgekd.runtime import load_runner
-
         out[name] = load_runner(tflite, batch_size=64).predict(images)
     return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from edgekd.errors import RecipeError
 from edgekd.evaluate import SeedSummary, comparison_table, paired_comparisons
 from edgekd.recipe import build_recipe
 from edgekd.run import RunDir, StageRecord
@@ -62,9 +63,9 @@ def test_budget_epochs_rejects_zero_cost():
 
 
 def test_budget_recipe_checks():
-    with pytest.raises(Exception, match="teacher_cost"):
+    with pytest.raises(RecipeError, match="budget.teacher_cost"):
         build_recipe({"data": {"path": "x"}, "budget": {"teacher_cost": ["counted", "counted"]}})
-    with pytest.raises(Exception, match="match"):
+    with pytest.raises(RecipeError, match="budget.match"):
         build_recipe({"data": {"path": "x"}, "budget": {"match": "flops"}})
     r = build_recipe({"data": {"path": "x"}})
     assert "budget" not in r.train.stages  # opt-in: it costs as much as the method

@@ -32,6 +32,16 @@ class StageOutcome:
     artifacts: dict[str, str] = field(default_factory=dict)
 
 
+def check_batch_size(recipe: Recipe, section: str, data: PreparedData) -> None:
+    """A recipe error when `<section>.batch_size` exceeds the training images."""
+    batch = getattr(recipe, section).batch_size
+    if batch > len(data.train):
+        raise recipe.error(
+            f"{section}.batch_size",
+            f"{batch} is larger than the {len(data.train)} training images",
+        )
+
+
 class Stage:
     """Base class. `sections` are the recipe sections whose change reruns the stage;
     `reads` are upstream stages whose hashes chain into this one."""

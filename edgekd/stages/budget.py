@@ -30,7 +30,7 @@ from edgekd.evaluate import Evaluation
 from edgekd.models import build_model
 from edgekd.recipe import ModelTrainConfig, Recipe
 from edgekd.run import RunDir
-from edgekd.stages.base import Stage, StageContext, StageOutcome
+from edgekd.stages.base import Stage, StageContext, StageOutcome, check_batch_size
 from edgekd.stages.generalist import augment_of
 from edgekd.trainer import predict_probs, train_classifier
 
@@ -81,13 +81,8 @@ class BudgetStage(Stage):
     reads = ("generalist", "groups", "specialists", "ensemble", "student")
 
     def check(self, recipe: Recipe, data: Any) -> None:
-        cfg = recipe.budget
-        if cfg.batch_size > len(data.train):
-            raise recipe.error(
-                "budget.batch_size",
-                f"{cfg.batch_size} is larger than the {len(data.train)} training images",
-            )
-        if cfg.match == "wall_time" and not recipe.student.control:
+        check_batch_size(recipe, "budget", data)
+        if recipe.budget.match == "wall_time" and not recipe.student.control:
             raise recipe.error(
                 "budget.match",
                 "wall_time converts seconds to epochs at the hard-label control's measured "

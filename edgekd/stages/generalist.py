@@ -18,7 +18,7 @@ from edgekd.dataset import PreparedData
 from edgekd.evaluate import Evaluation
 from edgekd.models import build_model, model_summary_stats
 from edgekd.recipe import Recipe
-from edgekd.stages.base import Stage, StageContext, StageOutcome
+from edgekd.stages.base import Stage, StageContext, StageOutcome, check_batch_size
 from edgekd.trainer import predict_probs, train_classifier
 
 
@@ -36,12 +36,7 @@ class GeneralistStage(Stage):
     sections = ("seed", "data", "generalist", "train")
 
     def check(self, recipe: Recipe, data: PreparedData) -> None:
-        if recipe.generalist.batch_size > len(data.train):
-            raise recipe.error(
-                "generalist.batch_size",
-                f"{recipe.generalist.batch_size} is larger than the {len(data.train)} "
-                "training images",
-            )
+        check_batch_size(recipe, "generalist", data)
 
     def run(self, ctx: StageContext) -> StageOutcome:
         recipe, data = ctx.recipe, ctx.data

@@ -28,7 +28,7 @@ from edgekd.evaluate import Evaluation
 from edgekd.models import build_model, copy_weights, inherits, model_summary_stats
 from edgekd.recipe import RampConfig, Recipe
 from edgekd.schedules import Ramp
-from edgekd.stages.base import Stage, StageContext, StageOutcome
+from edgekd.stages.base import Stage, StageContext, StageOutcome, check_batch_size
 from edgekd.stages.generalist import augment_of
 from edgekd.trainer import TrainResult, predict_probs, train_classifier
 
@@ -49,11 +49,7 @@ class StudentStage(Stage):
 
     def check(self, recipe: Recipe, data: Any) -> None:
         cfg = recipe.student
-        if cfg.batch_size > len(data.train):
-            raise recipe.error(
-                "student.batch_size",
-                f"{cfg.batch_size} is larger than the {len(data.train)} training images",
-            )
+        check_batch_size(recipe, "student", data)
         if cfg.temperature_search and isinstance(cfg.temperature, RampConfig):
             raise recipe.error(
                 "student.temperature_search",
@@ -61,7 +57,7 @@ class StudentStage(Stage):
             )
 
     def extends(self, recipe: Recipe, metrics: dict[str, Any]) -> bool:
-        return recipe.student.seeds > len(metrics.get("seeds", [None]))
+        return recipe.student.seeds > (len(metrics.get("seeds", ())) or 1)
 
     def run(self, ctx: StageContext) -> StageOutcome:
         recipe, data, run = ctx.recipe, ctx.data, ctx.run
