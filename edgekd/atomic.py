@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +34,27 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+# What `atomic_path` names its temporary files: "." + stem + "-" + mkstemp's 8 characters.
+_STALE = re.compile(r"^\..+-[a-z0-9_]{8}(\.[A-Za-z0-9]+)?$")
+
+
+def remove_stale(directory: str | os.PathLike[str]) -> list[Path]:
+    """Remove the temporary files a killed writer left in `directory` (not below it).
+
+    Only names `atomic_path` makes are touched, and only in edgekd's own folders. Call it
+    while holding the run's lock, so that no live writer owns them.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    removed = []
+    for entry in directory.glob(".*"):
+        if _STALE.match(entry.name) and entry.is_file() and not entry.is_symlink():
+            entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
 
 
 def _umask() -> int:

@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
+from edgekd import safe_yaml
 from edgekd.errors import DataError, EdgekdError
 from edgekd.predict import read_image
 
@@ -131,9 +131,12 @@ def load_profile(name_or_path: str | Path) -> DeviceProfile:
             )
         path = builtins[stem]
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise BenchError(f"{path}: cannot read device profile: {exc}") from exc
+        raw = safe_yaml.load(path.read_bytes()) or {}
+    except OSError as exc:
+        raise BenchError(f"{path}: cannot read device profile: {exc.strerror or exc}") from None
+    except safe_yaml.YamlError as exc:
+        where = f"{path}:{exc.line}" if exc.line else str(path)
+        raise BenchError(f"{where}: device profile: {exc}") from None
     if not isinstance(raw, dict):
         raise BenchError(f"{path}: a device profile is a mapping of keys, got {type(raw).__name__}")
 
@@ -384,8 +387,10 @@ def _run_data(export_dir: Path) -> tuple[str, dict[str, Any], Path] | None:
         recipe = run_dir / "recipe.yaml"
         if recipe.is_file():
             try:
-                raw = yaml.safe_load(recipe.read_text()) or {}
-            except (OSError, yaml.YAMLError):
+                raw = safe_yaml.load(recipe.read_bytes()) or {}
+            except (OSError, safe_yaml.YamlError):
+                continue
+            if not isinstance(raw, dict):
                 continue
             data = dict(raw.get("data") or {})
             if data.get("path"):

@@ -62,7 +62,12 @@ def main() -> None:
     default=None,
     help="Run directory. Defaults to runs/<recipe name>.",
 )
-@click.option("--quiet", "-q", is_flag=True, help="No per-batch progress bar (one line per epoch).")
+@click.option(
+    "--quiet",
+    "-q",
+    is_flag=True,
+    help="One line per epoch, no per-batch bar (the default when stdout is not a terminal).",
+)
 def train(recipe: str, overrides: tuple[str, ...], run_dir: str | None, quiet: bool) -> None:
     """Train the stages RECIPE asks for (a YAML file or a built-in name, e.g. smoke)."""
     from edgekd.recipe import load_recipe
@@ -70,7 +75,7 @@ def train(recipe: str, overrides: tuple[str, ...], run_dir: str | None, quiet: b
     resolved = load_recipe(recipe, overrides)
     from edgekd.pipeline import train as run_train
 
-    run = run_train(resolved, run_dir, verbose=2 if quiet else "auto")
+    run = run_train(resolved, run_dir, verbose=2 if quiet or not sys.stdout.isatty() else 1)
     click.echo(f"run directory: {run.path}   (next: edgekd eval {run.path})")
 
 

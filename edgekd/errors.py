@@ -19,3 +19,7 @@ class DataError(EdgekdError):
 
 class RunDirError(EdgekdError):
     """A run directory is missing, incomplete or belongs to another recipe."""
+
+
+class TrainingError(EdgekdError):
+    """Training cannot go on (e.g. the loss became NaN); the stage is not recorded as done."""

@@ -21,6 +21,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
+from edgekd import safe_yaml
 from edgekd.errors import RecipeError
 
 STAGES: tuple[str, ...] = (
@@ -48,7 +49,9 @@ def _unknown(kind: str, value: str, known: Sequence[str]) -> str:
 class _Section(BaseModel):
     """Base of every recipe section: unknown keys are errors and values are immutable."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False
+    )
 
 
 class AugmentConfig(_Section):
@@ -533,17 +536,15 @@ def _walk_node(node: yaml.Node, loc: tuple[str | int, ...], file: str, origins: 
 def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
     file = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as f:
+            raw = f.read(safe_yaml.MAX_BYTES + 1)
     except OSError as exc:
         raise RecipeError(f"recipe {file}: cannot read: {exc.strerror or exc}") from None
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{file}:{mark.line + 1}" if mark else file
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise RecipeError(f"{where}: not valid YAML: {problem}") from None
+        data, node = safe_yaml.compose(raw)
+    except safe_yaml.YamlError as exc:
+        where = f"{file}:{exc.line}" if exc.line else f"recipe {file}"
+        raise RecipeError(f"{where}: {exc}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -563,9 +564,11 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not sep or not key or any(not part for part in key.split(".")):
         raise RecipeError(f"--set {text!r}: expected KEY.PATH=VALUE, e.g. generalist.epochs=3")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
+        value = safe_yaml.load(raw) if raw.strip() else ""
+    except safe_yaml.YamlError as exc:
+        if str(exc).startswith("not valid YAML"):
+            return key, raw  # a plain string that YAML would misread, e.g. 'a: b'
+        raise RecipeError(f"--set {key}=...: {exc}") from None
     return key, value
 
 

@@ -9,6 +9,7 @@ per-epoch shuffling and augmentation as an uninterrupted run.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -22,6 +23,7 @@ import numpy as np
 from edgekd import atomic, interrupts
 from edgekd.accelerator import Accelerator, distribution_scope, precision_policy
 from edgekd.data import Augment, ImageBatches, ImageSet
+from edgekd.errors import TrainingError
 from edgekd.losses import SparseCrossentropy
 from edgekd.models import model_summary_stats
 from edgekd.recipe import ModelTrainConfig
@@ -41,24 +43,82 @@ class TrainResult:
     resumed_from: int
 
 
-def load_state(ckpt_dir: Path) -> dict[str, Any] | None:
-    """The last finished epoch's state, or None if there is none (or it is unreadable)."""
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _unusable(point: Any, ckpt_dir: Path, epochs: int) -> str | None:
+    """Why a recorded resume point cannot be used, or None if it can."""
+    if not isinstance(point, dict):
+        return "not a record"
+    epoch, name = point.get("epoch"), point.get("checkpoint")
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or not 1 <= epoch <= epochs:
+        return f"epoch {epoch!r} is not in 1..{epochs}"
+    if name != f"epoch-{epoch:04d}.keras":
+        return f"checkpoint {name!r} does not match epoch {epoch}"
+    history = point.get("history")
+    if not isinstance(history, list) or len(history) != epoch:
+        return f"its history does not have {epoch} epochs"
+    path = ckpt_dir / name
+    if not path.is_file():
+        return f"{name} is missing"
+    size, sha = point.get("size"), point.get("sha256")
+    if size is not None and path.stat().st_size != size:
+        return f"{name} is {path.stat().st_size:,} bytes, {size:,} were written"
+    if sha is not None and _sha256(path) != sha:
+        return f"{name} is not the file that was written (sha256 differs)"
+    return None
+
+
+def load_state(
+    ckpt_dir: Path, epochs: int, log: Callable[[str], None] = print
+) -> dict[str, Any] | None:
+    """The newest intact resume point (the last epoch's, else the one before), or None.
+
+    Each point is checked against what was written (epoch range, size, sha256), so a
+    truncated or hand-edited checkpoint falls back to the previous one or to a fresh start,
+    and says which, instead of crashing every rerun.
+    """
+    path = ckpt_dir / STATE
+    if not path.exists():
+        return None
     try:
-        state = json.loads((ckpt_dir / STATE).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        log(f"{path}: unreadable ({type(exc).__name__}); starting this stage afresh")
         return None
-    if not (ckpt_dir / state.get("checkpoint", "")).is_file():
-        return None
-    return state
+    points = [state, state.get("previous")] if isinstance(state, dict) else [state]
+    for i, point in enumerate(points):
+        if point is None:
+            break
+        why = _unusable(point, ckpt_dir, epochs)
+        if why is None:
+            if i:
+                log(f"{path}: falling back to the checkpoint of epoch {point['epoch']}")
+            return point
+        log(f"{path}: {'last' if i == 0 else 'previous'} checkpoint unusable: {why}")
+    log(f"{path}: no intact checkpoint; starting this stage afresh")
+    return None
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
     """Saves weights + optimizer state after every epoch and records per-epoch metrics."""
 
-    def __init__(self, directory: Path, history: list[dict[str, float]], images_per_epoch: int):
+    def __init__(
+        self,
+        directory: Path,
+        history: list[dict[str, float]],
+        images_per_epoch: int,
+        last: dict[str, Any] | None = None,
+    ):
         super().__init__()
         self.directory = directory
         self.history = history
+        self._last = {k: v for k, v in last.items() if k != "previous"} if last else None
         self.images_per_epoch = images_per_epoch
         self._t0 = 0.0
         self._train_s = 0.0
@@ -79,14 +139,23 @@ class EpochCheckpoint(keras.callbacks.Callback):
         row["images_per_s"] = round(self.images_per_epoch / max(train_s, 1e-9), 1)
         self.history.append(row)
         name = f"epoch-{epoch + 1:04d}.keras"
-        with atomic.atomic_path(self.directory / name) as tmp:
+        path = self.directory / name
+        with atomic.atomic_path(path) as tmp:
             self.model.save(tmp)
-        atomic.write_json(
-            self.directory / STATE,
-            {"epoch": epoch + 1, "checkpoint": name, "history": self.history},
-        )
+        point = {
+            "epoch": epoch + 1,
+            "checkpoint": name,
+            "size": path.stat().st_size,
+            "sha256": _sha256(path),
+            "history": list(self.history),
+        }
+        # The previous epoch's file stays until this one is recorded, so a truncated or lost
+        # newest checkpoint falls back to it.
+        previous, self._last = self._last, point
+        atomic.write_json(self.directory / STATE, {**point, "previous": previous})
+        keep = {name, previous["checkpoint"]} if previous else {name}
         for old in self.directory.glob("epoch-*.keras"):
-            if old.name != name:
+            if old.name not in keep:
                 old.unlink(missing_ok=True)
 
 
@@ -99,6 +168,34 @@ class StopOnInterrupt(keras.callbacks.Callback):
             raise KeyboardInterrupt
 
     on_test_batch_end = on_train_batch_end
+
+
+class StopOnNonFinite(keras.callbacks.Callback):
+    """Fail the stage when the loss stops being a number: a diverged model must never be
+    checkpointed or recorded as a finished stage. Listed before the checkpoint callback."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.epoch = epoch
+
+    def _check(self, logs: dict | None, where: str) -> None:
+        for key, value in (logs or {}).items():
+            if "loss" in key and not np.all(np.isfinite(np.asarray(value, np.float64))):
+                raise TrainingError(
+                    f"{self.name}: {key} became {float(np.asarray(value))} at {where}; nothing "
+                    "from this epoch was kept. Lower optimizer.lr, or check the data and the "
+                    "recipe's numbers"
+                )
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self._check(logs, f"epoch {self.epoch + 1}, step {batch + 1}")
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self._check(logs, f"the end of epoch {epoch + 1}")
 
 
 def compile_classifier(
@@ -181,29 +278,43 @@ def train_classifier(
     if val is not None and len(val):
         val_batches = ImageBatches(val.images, val.labels, batch_size=max(cfg.batch_size, 256))
 
-    state = load_state(ckpt_dir)
+    atomic.remove_stale(ckpt_dir)
+    state = load_state(ckpt_dir, cfg.epochs, log)
     with precision_policy(accel.precision), distribution_scope(strategy):
-        keras.utils.set_random_seed(seed)
-        model = build()
-        stats = model_summary_stats(model)
-        log(
-            f"{model.name}: {cfg.arch} width {cfg.width}, {stats['params']:,} params, "
-            f"{stats['macs'] / 1e6:.1f}M MACs/image; {steps} steps/epoch x {cfg.epochs} epochs"
-        )
-        if wrap is not None:
-            model = wrap(model)
-        compile_classifier(model, cfg, steps, accel.jit_compile, own_loss=wrap is not None)
+
+        def fresh() -> tuple[keras.Model, str]:
+            keras.utils.set_random_seed(seed)
+            model = build()
+            stats = model_summary_stats(model)
+            log(
+                f"{model.name}: {cfg.arch} width {cfg.width}, {stats['params']:,} params, "
+                f"{stats['macs'] / 1e6:.1f}M MACs/image; {steps} steps/epoch x {cfg.epochs} epochs"
+            )
+            name = model.name
+            if wrap is not None:
+                model = wrap(model)
+            compile_classifier(model, cfg, steps, accel.jit_compile, own_loss=wrap is not None)
+            return model, name
+
+        model, name = fresh()
         if state is not None:
-            model.optimizer.build(model.trainable_variables)
-            model.load_weights(ckpt_dir / state["checkpoint"])
-            log(f"resuming from epoch {state['epoch']}/{cfg.epochs} ({state['checkpoint']})")
+            try:
+                model.optimizer.build(model.trainable_variables)
+                model.load_weights(ckpt_dir / state["checkpoint"])
+                log(f"resuming from epoch {state['epoch']}/{cfg.epochs} ({state['checkpoint']})")
+            except Exception as exc:  # noqa: BLE001 - any unreadable file means the same: restart
+                log(f"{ckpt_dir / state['checkpoint']}: cannot load ({type(exc).__name__}); "
+                    "starting this stage afresh")  # fmt: skip
+                state = None
+                model, name = fresh()
     initial_epoch = state["epoch"] if state else 0
     history: list[dict[str, float]] = list(state["history"]) if state else []
     train_batches.epoch = initial_epoch
 
     all_callbacks: list[keras.callbacks.Callback] = [
         StopOnInterrupt(),
-        EpochCheckpoint(ckpt_dir, history, steps * train_batches.batch_size),
+        StopOnNonFinite(name),
+        EpochCheckpoint(ckpt_dir, history, steps * train_batches.batch_size, last=state),
         *callbacks,
     ]
     if tensorboard and _tensorboard_available():
