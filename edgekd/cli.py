@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from edgekd.errors import EdgekdError
+from edgekd.errors import EdgekdError, RunDirError
 from edgekd.native_log import NativeLogFilter
 
 # TensorFlow's C++ start-up chatter hides the messages users need; keep warnings and errors.
@@ -72,6 +72,8 @@ def train(recipe: str, overrides: tuple[str, ...], run_dir: str | None, quiet: b
     """Train the stages RECIPE asks for (a YAML file or a built-in name, e.g. smoke)."""
     from edgekd.recipe import load_recipe
 
+    if run_dir is not None and not run_dir.strip():
+        raise RunDirError("--run-dir is empty: give a folder, or leave it out for runs/<name>")
     resolved = load_recipe(recipe, overrides)
     from edgekd.pipeline import train as run_train
 

@@ -253,7 +253,6 @@ class RunEvaluation:
 
 def evaluate_run(run_path: str, data_spec: str | None = None, split: str = "val") -> RunEvaluation:
     """Evaluate every model a run has on its validation (or test) split, or on `data_spec`."""
-    import keras
 
     import edgekd.losses  # noqa: F401  (registers serialisable objects used in saved models)
     import edgekd.schedules  # noqa: F401
@@ -289,7 +288,7 @@ def evaluate_run(run_path: str, data_spec: str | None = None, split: str = "val"
         # The budget-matched controls have the student's architecture.
         cfg = recipe_dict.get("student" if stage == "budget" else stage, {})
         metrics = student_metrics if stage == "budget" else rec.get("metrics", {})
-        model = keras.models.load_model(run.artifact(stage, artifact), compile=False)
+        model = run.load_model(stage, artifact)
         probs = stage_probs[name] = predict_probs(model, images.images)
         results[name] = Evaluation.from_probs(probs, images.labels, class_names)
         about[name] = {
@@ -347,7 +346,6 @@ def evaluate_run(run_path: str, data_spec: str | None = None, split: str = "val"
 
 def _seed_summary(run, images, correct: Mapping[str, np.ndarray]) -> SeedSummary | None:
     """Each seed of the student stage (seed 0: the stage's own models) on these images."""
-    import keras
 
     from edgekd.trainer import predict_probs
 
@@ -363,7 +361,7 @@ def _seed_summary(run, images, correct: Mapping[str, np.ndarray]) -> SeedSummary
             if k == 0 and name in correct:
                 got[name] = correct[name]
             elif artifact in rec.artifacts:
-                model = keras.models.load_model(run.artifact("student", artifact), compile=False)
+                model = run.load_model("student", artifact)
                 got[name] = predict_probs(model, images.images).argmax(1) == images.labels
         distilled.append(float(got["distilled"].mean()))
         if "hard-label" in got:

@@ -116,77 +116,81 @@ def export_run(
     `overrides` are `--set export.key=value` strings applied to the run's recipe.
     """
     run = RunDir.open_existing(run_path)
-    origins: dict[str, str] = {}
-    resolved = apply_overrides(run.manifest["recipe"], overrides, origins)
-    recipe = build_recipe(resolved, origins=origins, source=str(run.path / "recipe.yaml"))
-    cfg = recipe.export.model_copy(
-        update={
-            k: v
-            for k, v in {
-                "formats": formats,
-                "precisions": precisions,
-                "members": members,
-                "qat": qat,
-            }.items()
-            if v is not None
-        }
-    )
-    cfg = ExportConfig.model_validate(cfg.model_dump())  # re-check overridden values
-    stage, artifact = MODELS[cfg.model]
-    if run.stage(stage).status != "done" or artifact not in run.stage(stage).artifacts:
-        raise RunDirError(
-            f"{run.path}: export.model is {cfg.model!r}, but stage {stage!r} has not finished "
-            f"(train it with `edgekd train` first, or --set export.model=generalist)"
+    with run.lock():  # one writer: a train or another export on this run waits its turn
+        origins: dict[str, str] = {}
+        resolved = apply_overrides(run.manifest["recipe"], overrides, origins)
+        recipe = build_recipe(resolved, origins=origins, source=str(run.path / "recipe.yaml"))
+        cfg = recipe.export.model_copy(
+            update={
+                k: v
+                for k, v in {
+                    "formats": formats,
+                    "precisions": precisions,
+                    "members": members,
+                    "qat": qat,
+                }.items()
+                if v is not None
+            }
         )
-    if cfg.members and run.stage("specialists").status != "done":
-        raise RunDirError(f"{run.path}: --members needs the specialists stage, not finished")
+        cfg = ExportConfig.model_validate(cfg.model_dump())  # re-check overridden values
+        stage, artifact = MODELS[cfg.model]
+        if run.stage(stage).status != "done" or artifact not in run.stage(stage).artifacts:
+            raise RunDirError(
+                f"{run.path}: export.model is {cfg.model!r}, but stage {stage!r} has not finished "
+                f"(train it with `edgekd train` first, or --set export.model=generalist)"
+            )
+        if cfg.members and run.stage("specialists").status != "done":
+            raise RunDirError(f"{run.path}: --members needs the specialists stage, not finished")
 
-    import keras
 
-    import edgekd.losses  # noqa: F401  (serialisable objects inside saved models)
-    import edgekd.models.layers  # noqa: F401
-    import edgekd.schedules  # noqa: F401
-    from edgekd.dataset import prepare_data
+        import edgekd.losses  # noqa: F401  (serialisable objects inside saved models)
+        import edgekd.models.layers  # noqa: F401
+        import edgekd.schedules  # noqa: F401
+        from edgekd.dataset import prepare_data
 
-    data = prepare_data(recipe, progress=True)
-    calib = representative_images(
-        data.train.images, data.train.labels, cfg.calibration_images, recipe.seed
-    )
-    val = data.val
-    if cfg.parity_images and cfg.parity_images < len(val):
-        keep = representative_images(np.arange(len(val)), val.labels, cfg.parity_images, 1)
-        val = val.subset(np.sort(keep))
-    out_dir = Path(out) if out else run.path / "export"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(out_dir / "labels.txt", "\n".join(data.class_names) + "\n")
-    context = {"run": str(run.path), "recipe": recipe.name, "classes": data.class_names}
-
-    from edgekd.trainer import predict_logits
-
-    model = keras.models.load_model(run.artifact(stage, artifact), compile=False)
-    reference = predict_logits(model, val.images)  # the Keras logits every file is held to
-    variants = export_model(
-        model, cfg.model, out_dir, cfg, calib, val.images, val.labels,
-        {**context, "stage": stage, "artifact": artifact}, log, reference=reference,
-    )  # fmt: skip
-    if cfg.qat:
-        variants.append(
-            _export_qat(run, recipe, cfg, model, out_dir, data, calib, val, reference, context, log)
+        data = prepare_data(recipe, progress=True)
+        calib = representative_images(
+            data.train.images, data.train.labels, cfg.calibration_images, recipe.seed
         )
-    if cfg.members:
-        variants += _export_members(run, recipe, cfg, out_dir / "members", calib, val, context, log)
-    summary = [_row(v) for v in variants]
-    atomic.write_json(out_dir / "export.json", {"created": now(), "variants": summary})
-    log(summary_table(variants))
-    failed = [v for v in variants if not v.passed]
-    if failed and not force:
-        names = ", ".join(f"{v.path.name} ({v.card['parity']['drop_pp']:+.2f} pp)" for v in failed)
-        raise ParityError(
-            f"parity gate failed: {names} lost more than export.tolerance_pp="
-            f"{cfg.tolerance_pp} points of accuracy against the Keras model; the files and "
-            f"their cards are in {out_dir}. Use --force to accept them, or try --qat."
-        )
-    return variants
+        val = data.val
+        if cfg.parity_images and cfg.parity_images < len(val):
+            keep = representative_images(np.arange(len(val)), val.labels, cfg.parity_images, 1)
+            val = val.subset(np.sort(keep))
+        out_dir = Path(out) if out else run.path / "export"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic.write_text(out_dir / "labels.txt", "\n".join(data.class_names) + "\n")
+        context = {"run": str(run.path), "recipe": recipe.name, "classes": data.class_names}
+
+        from edgekd.trainer import predict_logits
+
+        model = run.load_model(stage, artifact)
+        reference = predict_logits(model, val.images)  # the Keras logits every file is held to
+        variants = export_model(
+            model, cfg.model, out_dir, cfg, calib, val.images, val.labels,
+            {**context, "stage": stage, "artifact": artifact}, log, reference=reference,
+        )  # fmt: skip
+        if cfg.qat:
+            variants.append(_export_qat(
+                run, recipe, cfg, model, out_dir, data, calib, val, reference, context, log
+            ))  # fmt: skip
+        if cfg.members:
+            variants += _export_members(
+                run, recipe, cfg, out_dir / "members", calib, val, context, log
+            )
+        summary = [_row(v) for v in variants]
+        atomic.write_json(out_dir / "export.json", {"created": now(), "variants": summary})
+        log(summary_table(variants))
+        failed = [v for v in variants if not v.passed]
+        if failed and not force:
+            names = ", ".join(
+                f"{v.path.name} ({v.card['parity']['drop_pp']:+.2f} pp)" for v in failed
+            )
+            raise ParityError(
+                f"parity gate failed: {names} lost more than export.tolerance_pp="
+                f"{cfg.tolerance_pp} points of accuracy against the Keras model; the files and "
+                f"their cards are in {out_dir}. Use --force to accept them, or try --qat."
+            )
+        return variants
 
 
 def export_model(

@@ -11,9 +11,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edgekd import accelerator
-from edgekd.dataset import prepare_data
+from edgekd.dataset import PreparedData, prepare_data
 from edgekd.recipe import Recipe
-from edgekd.run import RunDir, now
+from edgekd.run import RunDir, check_run_path, file_digest, now
 from edgekd.stages import STAGES, StageContext
 
 
@@ -30,11 +30,13 @@ def train(
 ) -> RunDir:
     """Run every stage the recipe asks for; returns the run directory."""
     # Everything that can fail on bad input happens before the first write.
+    run_path = Path(run_dir) if run_dir is not None else default_run_dir(recipe)
+    check_run_path(run_path)
     data = prepare_data(recipe, progress=True)
     hashes: dict[str, str] = {}
     for stage in STAGES:
         hashes[stage.name] = stage.input_hash(recipe, data.fingerprint, hashes)
-    run = RunDir(run_dir or default_run_dir(recipe))
+    run = RunDir(run_path)
     wanted = set(recipe.train.stages)
     for stage in STAGES:
         if stage.name not in wanted:
@@ -51,6 +53,21 @@ def train(
                     f"finished with this recipe in {run.path}; add it to train.stages",
                 )
     accel = accelerator.resolve(recipe.train.precision, recipe.train.jit_compile)
+    with run.lock():
+        _train_stages(recipe, run, data, hashes, wanted, accel, verbose, log)
+    return run
+
+
+def _train_stages(
+    recipe: Recipe,
+    run: RunDir,
+    data: PreparedData,
+    hashes: dict[str, str],
+    wanted: set[str],
+    accel: accelerator.Accelerator,
+    verbose: str | int,
+    log: Callable[[str], None],
+) -> None:
     log(
         f"edgekd: run {run.path} | data {data.source} ({len(data.train)} train / "
         f"{len(data.val)} val, {len(data.class_names)} classes) | {accel.describe()}"
@@ -63,8 +80,8 @@ def train(
         if stage.name not in wanted:
             continue
         rec = run.stage(stage.name)
-        complete = all((run.path / rel).is_file() for rel in rec.artifacts.values())
-        current = rec.status == "done" and rec.hash == stage_hash and complete
+        damaged = run.intact(stage.name) if rec.status == "done" else None
+        current = rec.status == "done" and rec.hash == stage_hash and damaged is None
         if current and not stage.extends(recipe, rec.metrics):
             log(f"[{stage.name}] up to date, skipped (delete {run.stage_dir(stage.name)} to redo)")
             continue
@@ -76,10 +93,12 @@ def train(
             log(f"[{stage.name}] resuming")
         else:
             if rec.status == "done" and rec.hash == stage_hash:
-                log(f"[{stage.name}] artifacts missing: starting afresh")
+                log(f"[{stage.name}] {damaged}: starting afresh")
             elif rec.status != "pending":
                 log(f"[{stage.name}] inputs changed since the last run: starting afresh")
-            rec = run.reset_stage(stage.name, stage_hash)
+            rec, moved = run.reset_stage(stage.name, stage_hash)
+            if moved is not None:
+                log(f"[{stage.name}] the earlier results were moved to {moved}")
             log(f"[{stage.name}] starting")
         t0 = time.perf_counter()
         try:
@@ -89,10 +108,10 @@ def train(
             run.set_stage(stage.name, rec)
         rec.status, rec.finished = "done", now()
         rec.metrics, rec.artifacts = outcome.metrics, outcome.artifacts
+        rec.files = {k: file_digest(run.path / rel) for k, rel in outcome.artifacts.items()}
         run.set_stage(stage.name, rec)
         headline = _headline(outcome.metrics)
         log(f"[{stage.name}] done in {rec.wall_s:.0f} s" + (f": {headline}" if headline else ""))
-    return run
 
 
 def _headline(metrics: dict) -> str:

@@ -7,7 +7,6 @@ on those, and scatters the results back, so the cost follows the activation rate
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -202,12 +201,9 @@ def load_gated_ensemble(run_path: str | Path, **overrides: Any) -> GatedEnsemble
 
     run = RunDir.open_existing(run_path)
     recipe = run.manifest["recipe"]
-    groups = json.loads(run.artifact("groups", "groups").read_text())["indices"]
-    generalist = keras.models.load_model(run.artifact("generalist", "model"), compile=False)
-    specialists = [
-        keras.models.load_model(run.artifact("specialists", f"model_{m}"), compile=False)
-        for m in range(len(groups))
-    ]
+    groups = run.read_json("groups", "groups", "indices")["indices"]
+    generalist = run.load_model("generalist", "model")
+    specialists = [run.load_model("specialists", f"model_{m}") for m in range(len(groups))]
     ens = recipe.get("ensemble", {})
     kwargs = {
         "top_n": ens.get("top_n", 1),

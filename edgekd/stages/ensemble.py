@@ -8,8 +8,6 @@ generalist's, each specialist's activation rate, MACs per image spent) and `val_
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 
 from edgekd import atomic
@@ -52,7 +50,7 @@ class EnsembleStage(Stage):
         with atomic.atomic_path(out / "val_probs.npy") as tmp:
             np.save(tmp, output.probs)
         atomic.write_json(out / "metrics.json", {**metrics, "evaluation": ev.to_dict()})
-        groups = json.loads(run.artifact("groups", "groups").read_text())["groups"]
+        groups = run.read_json("groups", "groups", "groups")["groups"]
         for g, rate in zip(groups, rates, strict=True):
             ctx.log(f"[ensemble] specialist ({', '.join(g)}) ran on {100 * rate:.1f}% of images")
         ctx.log(

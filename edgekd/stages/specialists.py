@@ -65,7 +65,7 @@ class SpecialistsStage(Stage):
 
     def run(self, ctx: StageContext) -> StageOutcome:
         recipe, data, cfg = ctx.recipe, ctx.data, ctx.recipe.specialists
-        info = json.loads(ctx.run.artifact("groups", "groups").read_text())
+        info = ctx.run.read_json("groups", "groups")
         groups: list[list[int]] = info["indices"]
         root = ctx.run.stage_dir(self.name)
         gen_cfg = recipe.generalist
@@ -74,9 +74,7 @@ class SpecialistsStage(Stage):
         )
         generalist = None
         if from_generalist:
-            generalist = keras.models.load_model(
-                ctx.run.artifact("generalist", "model"), compile=False
-            )
+            generalist = ctx.run.load_model("generalist", "model")
         records, artifacts = [], {}
         for m, group in enumerate(groups):
             out = root / f"specialist_{m}"

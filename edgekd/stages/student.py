@@ -69,7 +69,7 @@ class StudentStage(Stage):
         )
         generalist = None
         if from_generalist:
-            generalist = keras.models.load_model(run.artifact("generalist", "model"), compile=False)
+            generalist = run.load_model("generalist", "model")
         teacher = self._teacher(ctx)
         teacher_probs = self._teacher_val_probs(ctx)
         teacher_ev = Evaluation.from_probs(teacher_probs, data.val.labels, data.class_names)
@@ -259,7 +259,7 @@ def _load_teacher(ctx: StageContext) -> Any:
     """The recipe's teacher: the generalist (a keras.Model) or a GatedEnsemble."""
     cfg, run = ctx.recipe.student, ctx.run
     if cfg.teacher == "generalist":
-        return keras.models.load_model(run.artifact("generalist", "model"), compile=False)
+        return run.load_model("generalist", "model")
     overrides = {}
     if cfg.teacher == "full_ensemble":
         overrides = {"top_n": len(ctx.data.class_names), "confidence": None}

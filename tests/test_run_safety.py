@@ -1,0 +1,187 @@
+"""The run directory never loses what a user made: refused folders, one writer at a time,
+replaced results moved aside, and damaged artifacts named instead of tracebacks."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from edgekd.errors import RunDirError
+from edgekd.run import LOCK, MANIFEST, PREVIOUS, RunDir
+from tests.conftest import REPO, run_cli, smoke_copy
+from tests.test_cli_errors import assert_user_error
+
+SMOKE = str(REPO / "recipes" / "smoke.yaml")
+
+
+def _train(run_dir, cifar_jpeg, *extra, timeout=600):
+    return run_cli(
+        "train", SMOKE, "--set", f"data.path={cifar_jpeg}", "--run-dir", str(run_dir), "-q",
+        *extra, timeout=timeout,
+    )  # fmt: skip
+
+
+def test_non_empty_folder_that_is_not_a_run_is_refused(tmp_path, cifar_jpeg):
+    user = tmp_path / "mine"
+    (user / "generalist").mkdir(parents=True)
+    (user / "generalist" / "thesis.tex").write_text("years of work")
+    proc = _train(user, cifar_jpeg)
+    assert_user_error(proc, str(user), "not an edgekd run", "generalist")
+    assert (user / "generalist" / "thesis.tex").read_text() == "years of work"
+    assert sorted(p.name for p in user.iterdir()) == ["generalist"]
+
+
+@pytest.mark.parametrize("where", ["is", "below"])
+def test_run_dir_that_is_or_is_below_a_file(tmp_path, cifar_jpeg, where):
+    f = tmp_path / "file.txt"
+    f.write_text("keep me")
+    proc = _train(f if where == "is" else f / "run", cifar_jpeg)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert str(f) in proc.stderr and "is a file" in proc.stderr, proc.stderr
+    assert f.read_text() == "keep me"
+
+
+def test_empty_run_dir_flag(tmp_path):
+    proc = run_cli("train", SMOKE, "--run-dir", "", cwd=tmp_path)
+    assert_user_error(proc, "--run-dir is empty")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_second_writer_is_refused_with_the_holders_pid(tmp_path, cifar_jpeg):
+    run = RunDir(tmp_path / "run")
+    with run.lock("pytest holding the lock"):
+        proc = _train(tmp_path / "run", cifar_jpeg)
+        assert_user_error(proc, "in use by PID", str(os.getpid()), "pytest holding the lock")
+        exported = run_cli("export", str(tmp_path / "run"))
+        assert exported.returncode == 2  # not a run yet: refused before it reaches the lock
+    assert not (tmp_path / "run" / MANIFEST).exists()
+
+
+def test_lock_of_a_killed_process_does_not_block(tmp_path):
+    """flock dies with its holder: kill -9 the holder and the next writer gets in."""
+    script = textwrap.dedent(f"""
+        import sys, time
+        from edgekd.run import RunDir
+        with RunDir({str(tmp_path / "run")!r}).lock("holder"):
+            print("locked", flush=True)
+            time.sleep(600)
+    """)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunDirError, match=f"PID {holder.pid}"), RunDir(tmp_path / "run").lock():
+            pass
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert (tmp_path / "run" / LOCK).exists()  # left behind, and harmless
+    with RunDir(tmp_path / "run").lock("next"):
+        assert json.loads((tmp_path / "run" / ".lock-owner.json").read_text())["command"] == "next"
+
+
+def test_changed_recipe_moves_earlier_results_aside(smoke_trained, tmp_path, cifar_jpeg):
+    run = smoke_copy(smoke_trained, tmp_path / "run")
+    (run / "student" / "my-notes.txt").write_text("mine")
+    before = (run / "student" / "model.keras").read_bytes()
+    proc = _train(run, cifar_jpeg, "--set", "student.soft_weight=0.5")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "[generalist] up to date" in proc.stdout
+    moved = list((run / PREVIOUS).glob("student-*"))
+    assert len(moved) == 1, proc.stdout
+    assert f"moved to {moved[0]}" in proc.stdout
+    assert (moved[0] / "my-notes.txt").read_text() == "mine"
+    assert (moved[0] / "model.keras").read_bytes() == before
+    assert (run / "student" / "model.keras").is_file()
+
+
+def test_truncated_artifact_is_not_skipped(smoke_trained, tmp_path, cifar_jpeg):
+    run = smoke_copy(smoke_trained, tmp_path / "run")
+    model = run / "student" / "model.keras"
+    model.write_bytes(model.read_bytes()[:1000])
+    proc = _train(run, cifar_jpeg)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "[student] student/model.keras is 1,000 bytes" in proc.stdout, proc.stdout
+    assert "[ensemble] up to date" in proc.stdout
+    assert model.stat().st_size > 1000
+    manifest = json.loads((run / MANIFEST).read_text())
+    assert manifest["stages"]["student"]["files"]["model"]["size"] == model.stat().st_size
+
+
+def test_stale_temp_files_are_cleaned_under_the_lock(smoke_trained, tmp_path):
+    run = smoke_copy(smoke_trained, tmp_path / "run")
+    stale = [run / ".manifest-k3j4h5g6.json", run / "student" / ".model-abcdefgh.keras"]
+    for p in stale:
+        p.write_text("half")
+    (run / ".my-config").write_text("mine")
+    with RunDir(run).lock():
+        pass
+    assert not any(p.exists() for p in stale)
+    assert (run / ".my-config").read_text() == "mine"
+
+
+def _damage(path, how):
+    data = path.read_bytes()
+    if how == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif how == "garbled":
+        path.write_bytes(bytes(b ^ 0xA5 for b in data[:4096]) + data[4096:])
+    else:
+        path.write_bytes(b"")
+
+
+ARTIFACTS = ["generalist/model.keras", "groups/groups.json", "manifest.json", "state.json"]
+
+
+@pytest.fixture(scope="module")
+def damaged_runs(smoke_trained, tmp_path_factory):
+    """One copy of the smoke run per (artifact, damage)."""
+    root = tmp_path_factory.mktemp("damaged")
+    out = {}
+    for rel in ARTIFACTS:
+        for how in ("truncated", "garbled", "empty"):
+            run = smoke_copy(smoke_trained, root / f"{rel.replace('/', '_')}-{how}")
+            target = run / rel if rel != "state.json" else run / "manifest.json"
+            if rel == "state.json":  # a manifest whose stage records are not records
+                data = json.loads(target.read_text())
+                data["stages"]["generalist"] = {"status": "done", "oops": 1}
+                target.write_text(json.dumps(data))
+            else:
+                _damage(target, how)
+            out[rel, how] = run
+    return out
+
+
+@pytest.mark.parametrize("how", ["truncated", "garbled", "empty"])
+@pytest.mark.parametrize("rel", ARTIFACTS)
+def test_corrupt_artifact_matrix_eval(damaged_runs, rel, how):
+    """`edgekd eval` on a damaged run: exit 2 and the damaged file named, no traceback."""
+    run = damaged_runs[rel, how]
+    proc = run_cli("eval", str(run), timeout=300)
+    assert_user_error(proc, "manifest.json" if rel == "state.json" else rel.split("/")[-1])
+
+
+@pytest.mark.parametrize("rel", ["generalist/model.keras", "manifest.json"])
+def test_corrupt_artifact_export(damaged_runs, rel):
+    run = damaged_runs[rel, "truncated"]
+    proc = run_cli(
+        "export", str(run), "--format", "tflite", "--float", "--set", "export.model=generalist",
+        timeout=300,
+    )  # fmt: skip
+    assert_user_error(proc, rel.split("/")[-1])
+    assert not (run / "export").exists() or not list((run / "export").glob("*.tflite"))
+
+
+def test_damaged_manifest_blocks_train_without_touching_anything(damaged_runs, cifar_jpeg):
+    run = damaged_runs["manifest.json", "garbled"]
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    proc = _train(run, cifar_jpeg)
+    assert_user_error(proc, "manifest.json", "unreadable manifest")
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
