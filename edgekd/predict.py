@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from edgekd.errors import DataError, EdgekdError
+from edgekd.images import read_rgb
 
 # Which file an export folder's prediction uses, best first: the int8 student is the one a
 # device ships; float32 is the fallback when int8 was not exported.
@@ -99,23 +99,9 @@ def read_labels(model: Path, num_outputs: int | None = None) -> list[str]:
 
 
 def read_image(path: str | Path, size: tuple[int, int] | None = None) -> np.ndarray:
-    """One image file as (H, W, 3) uint8 RGB, resized (bilinear, as training does) to
-    `size` = (height, width) when given and different.
-
-    Raises:
-        DataError: the file is missing or Pillow cannot decode it (the path is named).
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"{p}: no such image file")
-    try:
-        with Image.open(p) as image:
-            rgb = image.convert("RGB")
-        if size is not None and (rgb.height, rgb.width) != tuple(size):
-            rgb = rgb.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-        return np.asarray(rgb, dtype=np.uint8)
-    except Exception as exc:  # Pillow raises OSError, ValueError, SyntaxError, ...
-        raise DataError(f"{p}: cannot read image ({type(exc).__name__}: {exc})") from exc
+    """One image file as (H, W, 3) uint8 RGB, decoded as training decodes it (see
+    `edgekd.images`), resized to `size` = (height, width) when given."""
+    return read_rgb(path, size)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from edgekd.data.cache import FileStat
 from edgekd.data.source import ImageSet, Progress
 from edgekd.data.split import choose_per_class
 from edgekd.errors import DataError
+from edgekd.images import read_rgb
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"})
 
@@ -192,13 +192,8 @@ def decode_images(
 def _decode(path: Path, image_size: int | None) -> np.ndarray:
     """Decode one file to (H, W, 3) uint8 RGB, resized when image_size is given."""
     try:
-        with Image.open(path) as image:
-            rgb = image.convert("RGB")
-        if image_size is not None and rgb.size != (image_size, image_size):
-            rgb = rgb.resize((image_size, image_size), Image.Resampling.BILINEAR)
-        return np.asarray(rgb, dtype=np.uint8)
-    except Exception as exc:  # Pillow raises OSError, ValueError, SyntaxError, ...
+        return read_rgb(path, (image_size, image_size) if image_size is not None else None)
+    except DataError as exc:
         raise DataError(
-            f"cannot read image {path}: {exc}; delete or replace the file "
-            "(or move it out of the data folder)"
-        ) from exc
+            f"{exc}; delete or replace the file (or move it out of the data folder)"
+        ) from None

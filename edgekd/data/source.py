@@ -24,6 +24,7 @@ from edgekd.data.cache import (
     write_arrays,
 )
 from edgekd.data.split import choose_per_class
+from edgekd.images import DECODER_VERSION
 
 SOURCE_KINDS = ("folder", "cifar", "tfds")
 
@@ -304,6 +305,7 @@ def load_source(
             "limit_per_class": limit_per_class,
             "seed": seed if limit_per_class is not None else 0,
             "image_size": image_size,
+            "decoder": DECODER_VERSION if spec.kind == "folder" else None,
         },
         files,
     )
