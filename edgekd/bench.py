@@ -620,6 +620,11 @@ def measure_here(spec: dict[str, Any]) -> dict[str, Any]:
         t0 = time.perf_counter()
         scores, act = many(chunk)
         elapsed += time.perf_counter() - t0
+        if not np.all(np.isfinite(scores)):
+            raise ValueError(
+                f"{spec['path']}: outputs are not finite (NaN or inf) on images {s}..."
+                f"{s + len(chunk) - 1}; the model is broken, so it gets no accuracy"
+            )
         preds.append(np.argmax(scores, axis=1))
         if act is not None:
             active.append(np.asarray(act))

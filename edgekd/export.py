@@ -82,8 +82,12 @@ def representative_images(images: np.ndarray, labels: np.ndarray, n: int, seed: 
 def parity(
     runner: Any, images: np.ndarray, labels: np.ndarray, reference: np.ndarray, tolerance_pp: float
 ) -> dict[str, Any]:
-    """Accuracy of the file and of Keras on the same images, top-1 agreement, logit error."""
+    """Accuracy of the file and of Keras on the same images, top-1 agreement, logit error.
+
+    A file whose outputs are not all finite fails, whatever its argmax happens to score.
+    """
     got = runner.predict(images)
+    finite = bool(np.isfinite(got).all())
     keras_acc = float((reference.argmax(1) == labels).mean())
     acc = float((got.argmax(1) == labels).mean())
     drop = 100.0 * (keras_acc - acc)
@@ -93,9 +97,10 @@ def parity(
         "accuracy": acc,
         "drop_pp": drop,
         "top1_agreement": float((got.argmax(1) == reference.argmax(1)).mean()),
-        "max_logit_error": float(np.abs(got - reference).max()),
+        "max_logit_error": float(np.abs(got - reference).max()) if finite else None,
+        "finite": finite,
         "tolerance_pp": tolerance_pp,
-        "passed": bool(drop <= tolerance_pp),
+        "passed": bool(finite and drop <= tolerance_pp),
     }
 
 
@@ -165,6 +170,11 @@ def export_run(
 
         model = run.load_model(stage, artifact)
         reference = predict_logits(model, val.images)  # the Keras logits every file is held to
+        if not np.isfinite(reference).all():
+            raise RunDirError(
+                f"{run.artifact(stage, artifact)}: the Keras model's outputs are not finite (NaN "
+                "or inf) on the validation images; it cannot be exported. Retrain the stage"
+            )
         variants = export_model(
             model, cfg.model, out_dir, cfg, calib, val.images, val.labels,
             {**context, "stage": stage, "artifact": artifact}, log, reference=reference,
@@ -279,7 +289,7 @@ def check_and_card(
         log(
             f"[export] {path.name}: {100 * p['accuracy']:.2f}% (Keras "
             f"{100 * p['keras_accuracy']:.2f}%), agreement {100 * p['top1_agreement']:.2f}%, "
-            f"max logit error {p['max_logit_error']:.3g}"
+            + (f"max logit error {p['max_logit_error']:.3g}" if p["finite"] else "outputs NaN/inf")
             + ("" if p["passed"] else "  FAILS the parity gate")
         )
     if fmt == "onnx" and precision == "int8":

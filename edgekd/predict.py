@@ -77,7 +77,11 @@ def read_labels(model: Path, num_outputs: int | None = None) -> list[str]:
     """Class names for `model`: labels.txt beside it, else the classes of its model card."""
     labels_file = model.parent / "labels.txt"
     if labels_file.is_file():
-        names = [line.strip() for line in labels_file.read_text().splitlines() if line.strip()]
+        try:
+            text = labels_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ModelError(f"{labels_file}: unreadable ({_reason(exc)})") from None
+        names = [line.strip() for line in text.splitlines() if line.strip()]
     else:
         card = model.with_name(model.name + ".json")
         names = []
@@ -123,8 +127,14 @@ def load_model(path: Path, threads: int | None = None):
             f"{path}: cannot load it: {exc}; install the runtimes with "
             'pip install "edgekd[runtime]"'
         ) from exc
-    except (ValueError, RuntimeError) as exc:
-        raise ModelError(f"{path}: cannot load it: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - runtimes raise their own kinds (InvalidProtobuf, ...)
+        raise ModelError(f"{path}: cannot load it: {_reason(exc)}") from None
+
+
+def _reason(exc: BaseException) -> str:
+    """The first line of an exception, with its kind, short enough for one message."""
+    text = (str(exc).strip().splitlines() or [""])[0][:300]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def load_ensemble(folder: Path, fmt: str, precision: str, threads: int | None):
@@ -138,8 +148,8 @@ def load_ensemble(folder: Path, fmt: str, precision: str, threads: int | None):
             f"{folder}: cannot load the ensemble: {exc}; install the runtimes with "
             'pip install "edgekd[runtime]"'
         ) from exc
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise ModelError(f"{folder}: cannot load the ensemble: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - as load_model
+        raise ModelError(f"{folder}: cannot load the ensemble: {_reason(exc)}") from None
 
 
 def predict_files(
@@ -188,7 +198,7 @@ def predict_files(
     out: list[Prediction] = []
     for p in images:
         pixels = read_image(p, size)
-        probs = softmax(runner.predict(pixels[None]))[0]
+        probs = finite_probs(softmax(runner.predict(pixels[None]))[0], model, p)
         order = np.argsort(-probs, kind="stable")[: min(top_k, len(probs))]
         out.append(Prediction(Path(p), [names[i] for i in order], [float(probs[i]) for i in order]))
     return model, str(getattr(runner, "runtime", "")), out
@@ -209,7 +219,7 @@ def _predict_ensemble(
     out: list[Prediction] = []
     for p in images:
         result = runner.predict_one(read_image(p, size))
-        probs = result.probs[0]
+        probs = finite_probs(result.probs[0], folder, p)
         order = np.argsort(-probs, kind="stable")[: min(top_k, len(probs))]
         woke = [
             [runner.classes[c] for c in runner.groups[s]]
@@ -221,6 +231,16 @@ def _predict_ensemble(
             )
         )
     return f"gated ensemble, {fmt} {precision}, {runner.runtime}", out
+
+
+def finite_probs(probs: np.ndarray, model: Path, image: str | Path) -> np.ndarray:
+    """`probs`, or a ModelError when the model answered NaN or inf: never printed as a score."""
+    if not np.all(np.isfinite(probs)):
+        raise ModelError(
+            f"{model}: its output for {image} is not a number (NaN or inf); the model is "
+            "broken (e.g. trained to a NaN loss). Re-export it from a healthy run"
+        )
+    return probs
 
 
 def format_predictions(predictions: Sequence[Prediction]) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -406,3 +407,81 @@ def test_plot_labels_of_close_points_do_not_overlap():
     assert sorted(t.get_text() for t in ax.texts) == sorted(r["precision"] for r in rows)
     assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
     plt.close(fig)
+
+
+@pytest.mark.parametrize(
+    "target, damage",
+    [
+        ("student.tflite", "truncated"),
+        ("student.tflite", "garbled"),
+        ("student.onnx", "truncated"),
+        ("student.onnx", "empty"),
+        ("labels.txt", "binary"),
+        ("members/ensemble.json", "truncated"),
+    ],
+)
+def test_predict_on_corrupt_files_exit_2(export_dir, images, tmp_path, target, damage):
+    folder = tmp_path / "export"
+    shutil.copytree(export_dir, folder)
+    path = folder / target
+    if not path.exists():
+        pytest.skip(f"{target} not exported here (optional extra)")
+    data = path.read_bytes()
+    path.write_bytes({
+        "truncated": data[: len(data) // 2], "empty": b"",
+        "garbled": data[:8] + bytes(b ^ 0x3C for b in data[8:4000]) + data[4000:],
+        "binary": b"\xff\xfe\x00\x81" * 8,
+    }[damage])  # fmt: skip
+    model = folder / ("members" if target.startswith("members") else "student.tflite")
+    if target == "student.onnx":
+        model = path
+    proc = run_no_tf("predict", str(model), str(images / "class_0" / "0000.png"))
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr
+    assert path.name in proc.stderr, proc.stderr
+
+
+@pytest.fixture(scope="module")
+def nan_export(tmp_path_factory) -> Path:
+    """A float32 .tflite whose every output is NaN (a model trained to a NaN loss)."""
+    from edgekd.converters.tflite import export_tflite
+    from edgekd.models import build_model
+
+    out = tmp_path_factory.mktemp("broken-export")
+    model = build_model("resnet10", num_classes=3, width=4, input_shape=SHAPE)
+    w = model.trainable_weights[0]
+    w.assign(np.full(w.shape, np.nan, np.float32))
+    export_tflite(model, out / "student.tflite")
+    _card(out / "student.tflite", "float32")
+    (out / "labels.txt").write_text("\n".join(CLASSES) + "\n")
+    return out
+
+
+def test_predict_and_bench_never_print_nan(nan_export, images):
+    proc = run_no_tf("predict", str(nan_export), str(images / "class_0" / "0000.png"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "not a number" in proc.stderr and not re.search(r"\bnan\b", proc.stdout, re.I)
+    proc = run_no_tf(
+        "bench", str(nan_export), "--data", f"folder:{images}", "--limit", "6", "--runs", "2",
+        "--warmup", "1",
+    )  # fmt: skip
+    assert "Traceback" not in proc.stderr
+    assert not re.search(r"\bnan\b", proc.stdout.replace("NaN or inf", ""), re.I), proc.stdout
+    report = json.loads((nan_export / "bench.json").read_text())
+    assert all("not finite" in row["error"] for row in report["rows"]), report["rows"]
+
+
+def test_parity_fails_a_file_with_non_finite_outputs():
+    from edgekd.export import parity
+
+    class NaNRunner:
+        def predict(self, images):
+            out = np.zeros((len(images), 3), np.float32)
+            out[:, 0] = np.nan  # argmax says class 0, which would score 'perfectly' below
+            return out
+
+    labels = np.zeros(10, np.int64)
+    reference = np.eye(3, dtype=np.float32)[labels]
+    p = parity(NaNRunner(), np.zeros((10, 4, 4, 3)), labels, reference, tolerance_pp=1.0)
+    assert p["finite"] is False and p["passed"] is False and p["max_logit_error"] is None
+    assert p["drop_pp"] == 0.0  # the argmax alone would have passed it

@@ -344,3 +344,67 @@ def test_runner_applies_flip_averaging_from_json(exported, images, tmp_path) -> 
     assert got.members_per_image == pytest.approx(2 * (1.0 + want.active.sum(1).mean()))
     one = runner.predict_one(images[3])
     np.testing.assert_allclose(one.probs[0], got.probs[3], atol=1e-5)
+
+
+def _members_copy(members: Path, dest: Path) -> dict:
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in members.iterdir():
+        shutil.copy(f, dest / f.name)
+    return json.loads((dest / "ensemble.json").read_text())
+
+
+@pytest.mark.parametrize("kind", ["absolute", "dotdot", "symlink_out", "not_a_string"])
+def test_member_paths_are_confined_to_the_members_folder(exported, tmp_path, kind) -> None:
+    """A hostile ensemble.json cannot make the runner load a model from elsewhere."""
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    shutil.copy(exported[1] / "generalist.tflite", outside / "evil.tflite")
+    folder = tmp_path / "members"
+    config = _members_copy(exported[1], folder)
+    files = config["members"]["generalist"]["files"]
+    if kind == "absolute":
+        files["tflite/float32"] = str(outside / "evil.tflite")
+    elif kind == "dotdot":
+        files["tflite/float32"] = "../elsewhere/evil.tflite"
+    elif kind == "symlink_out":
+        (folder / "link.tflite").symlink_to(outside / "evil.tflite")
+        files["tflite/float32"] = "link.tflite"
+    else:
+        files["tflite/float32"] = {"path": "generalist.tflite"}
+    (folder / "ensemble.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="generalist") as info:
+        EnsembleRunner(folder)
+    assert "outside" in str(info.value) or "not a file name" in str(info.value)
+
+
+def test_symlink_inside_the_folder_is_fine(exported, tmp_path) -> None:
+    folder = tmp_path / "members"
+    config = _members_copy(exported[1], folder)
+    (folder / "sub").mkdir()
+    (folder / "sub" / "g.tflite").symlink_to(folder / "generalist.tflite")
+    config["members"]["generalist"]["files"]["tflite/float32"] = "sub/g.tflite"
+    (folder / "ensemble.json").write_text(json.dumps(config))
+    assert EnsembleRunner(folder).files["generalist"] == folder / "sub" / "g.tflite"
+
+
+@pytest.mark.parametrize(
+    "damage, needle",
+    [
+        (lambda t: t[: len(t) // 2], "unreadable"),
+        (lambda t: b"\xff\xfe garbage", "unreadable"),
+        (lambda t: "", "unreadable"),
+        (lambda t: "[1, 2, 3]", "not what `edgekd export --members` writes"),
+        (lambda t: json.dumps({**json.loads(t), "classes": None}), "not what"),
+        (lambda t: json.dumps({**json.loads(t), "group_indices": [["x"]]}), "ensemble.json"),
+    ],
+)
+def test_malformed_ensemble_json_is_a_value_error(exported, tmp_path, damage, needle) -> None:
+    folder = tmp_path / "members"
+    _members_copy(exported[1], folder)
+    text = (folder / "ensemble.json").read_text()
+    out = damage(text)
+    path = folder / "ensemble.json"
+    path.write_bytes(out if isinstance(out, bytes) else out.encode())
+    with pytest.raises(ValueError, match=needle) as info:
+        EnsembleRunner(folder)
+    assert str(path) in str(info.value)

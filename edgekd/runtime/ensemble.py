@@ -50,6 +50,30 @@ class EnsembleResult:
         return float(self.views * (1.0 + self.active.sum(1).mean()))
 
 
+def _member_path(folder: Path, rel: Any, manifest: Path, name: str) -> Path:
+    """The member file `rel` names, confined to `folder`: a relative path with no '..' that
+    does not lead outside it through a symlink. Anything else is refused, never followed."""
+    if not isinstance(rel, str) or not rel or "\x00" in rel:
+        raise ValueError(f"{manifest}: member {name!r}: file name {rel!r} is not a file name")
+    candidate = Path(rel)
+    if candidate.is_absolute() or ".." in candidate.parts:
+        raise ValueError(
+            f"{manifest}: member {name!r}: {rel!r} points outside {folder}; member files "
+            "must be inside the members folder"
+        )
+    path = folder / candidate
+    root = folder.resolve()
+    resolved = path.resolve()
+    if resolved != root and root not in resolved.parents:
+        raise ValueError(
+            f"{manifest}: member {name!r}: {rel!r} leads outside {folder} (a symlink to "
+            f"{resolved}); member files must be inside the members folder"
+        )
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: named by {manifest} for {name!r}, missing")
+    return path
+
+
 class EnsembleRunner:
     """The gated ensemble of an exported `members/` folder, on LiteRT or ONNX Runtime.
 
@@ -91,9 +115,24 @@ class EnsembleRunner:
             )
         if format not in _FORMATS:
             raise ValueError(f"format must be one of {_FORMATS}, got {format!r}")
-        self.config: dict[str, Any] = json.loads(manifest.read_text())
-        cfg = self.config
+        try:
+            self.config: dict[str, Any] = json.loads(manifest.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{manifest}: unreadable ({type(exc).__name__}: {exc})") from None
         self.format, self.precision = format, precision
+        try:
+            self._parse(manifest)
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            if str(exc).startswith(str(manifest)):
+                raise
+            raise ValueError(
+                f"{manifest}: not what `edgekd export --members` writes ({type(exc).__name__}: "
+                f"{exc})"
+            ) from None
+        self._load(manifest, threads, runner_options)
+
+    def _parse(self, manifest: Path) -> None:
+        cfg = self.config
         self.classes: list[str] = list(cfg["classes"])
         self.num_classes = len(self.classes)
         self.groups: list[list[int]] = [[int(c) for c in g] for g in cfg["group_indices"]]
@@ -116,7 +155,7 @@ class EnsembleRunner:
                 f"{manifest}: {len(specialists)} specialists under 'members' for "
                 f"{len(self.groups)} groups"
             )
-        key = f"{format}/{precision}"
+        key = f"{self.format}/{self.precision}"
         entries = {"generalist": members.get("generalist", {})}
         entries.update({f"specialist_{m}": s for m, s in enumerate(specialists)})
         self.files: dict[str, Path] = {}
@@ -128,11 +167,9 @@ class EnsembleRunner:
                     f"{', '.join(sorted(available)) or 'none'}); export that format and "
                     "precision, or pick one it has"
                 )
-            path = self.members_dir / available[key]
-            if not path.is_file():
-                raise FileNotFoundError(f"{path}: named by {manifest} for {name!r} {key}, missing")
-            self.files[name] = path
+            self.files[name] = _member_path(self.members_dir, available[key], manifest, name)
 
+    def _load(self, manifest: Path, threads: int | None, runner_options: dict[str, Any]) -> None:
         def load(name: str, width: int) -> Runner:
             runner = load_runner(self.files[name], threads=threads, **runner_options)
             got = runner.output.shape[-1] if runner.output.shape else None

@@ -8,12 +8,18 @@ generalist's, each specialist's activation rate, MACs per image spent) and `val_
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from edgekd import atomic
 from edgekd.ensemble.gated import load_gated_ensemble
 from edgekd.evaluate import Evaluation
 from edgekd.stages.base import Stage, StageContext, StageOutcome
+
+if TYPE_CHECKING:
+    from edgekd.dataset import PreparedData
+    from edgekd.recipe import Recipe
 
 
 class EnsembleStage(Stage):
@@ -22,6 +28,14 @@ class EnsembleStage(Stage):
     name = "ensemble"
     sections = ("ensemble",)
     reads = ("generalist", "groups", "specialists")
+
+    def check(self, recipe: Recipe, data: PreparedData) -> None:
+        classes = len(data.class_names)
+        if recipe.ensemble.top_n > classes:
+            raise recipe.error(
+                "ensemble.top_n",
+                f"{recipe.ensemble.top_n} is more than the {classes} classes; at most {classes}",
+            )
 
     def run(self, ctx: StageContext) -> StageOutcome:
         data, run = ctx.data, ctx.run
