@@ -152,15 +152,24 @@ class RunDir:
                 self.path / OWNER,
                 {"pid": os.getpid(), "command": command or " ".join(sys.argv), "since": now()},
             )
-            for folder in [self.path, *(p for p in self.path.iterdir() if p.is_dir())]:
-                if folder.name != PREVIOUS:
-                    atomic.remove_stale(folder)
+            for folder in self._own_folders():
+                atomic.remove_stale(folder)
             if (self.path / MANIFEST).is_file():
                 self.manifest = self._read_manifest()  # another writer may have changed it
             yield
         finally:
             (self.path / OWNER).unlink(missing_ok=True)
             lock.release()
+
+    def _own_folders(self) -> list[Path]:
+        """The run folder and the folders edgekd writes below it (stages, export, members),
+        two levels deep; `.previous/` is left as it was."""
+        out = [self.path]
+        for child in self.path.iterdir():
+            if child.is_dir() and not child.is_symlink() and child.name != PREVIOUS:
+                out.append(child)
+                out += [g for g in child.iterdir() if g.is_dir() and not g.is_symlink()]
+        return out
 
     def _holder(self) -> str:
         try:

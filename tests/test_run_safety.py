@@ -117,7 +117,12 @@ def test_truncated_artifact_is_not_skipped(smoke_trained, tmp_path, cifar_jpeg):
 
 def test_stale_temp_files_are_cleaned_under_the_lock(smoke_trained, tmp_path):
     run = smoke_copy(smoke_trained, tmp_path / "run")
-    stale = [run / ".manifest-k3j4h5g6.json", run / "student" / ".model-abcdefgh.keras"]
+    (run / "export" / "members").mkdir(parents=True)
+    stale = [
+        run / ".manifest-k3j4h5g6.json", run / "student" / ".model-abcdefgh.keras",
+        run / "export" / ".student.tflite-abcd1234.json",
+        run / "export" / "members" / ".ensemble-zzzz9999.json",
+    ]  # fmt: skip
     for p in stale:
         p.write_text("half")
     (run / ".my-config").write_text("mine")
@@ -185,3 +190,23 @@ def test_damaged_manifest_blocks_train_without_touching_anything(damaged_runs, c
     proc = _train(run, cifar_jpeg)
     assert_user_error(proc, "manifest.json", "unreadable manifest")
     assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
+
+
+def test_keras_safe_mode_refusal_is_a_clear_error(smoke_trained, tmp_path):
+    """A model.keras with a Lambda layer (arbitrary code) is refused by Keras' safe mode;
+    edgekd says so in one line, exit 2, even when the manifest's checksum matches."""
+    import keras
+
+    from edgekd.run import file_digest
+
+    run = smoke_copy(smoke_trained, tmp_path / "run")
+    inputs = keras.Input((32, 32, 3))
+    model = keras.Model(inputs, keras.layers.Lambda(lambda x: x[:, 0, 0, :] * 2.0)(inputs))
+    path = run / "generalist" / "model.keras"
+    model.save(path)
+    manifest = json.loads((run / MANIFEST).read_text())
+    manifest["stages"]["generalist"]["files"]["model"] = file_digest(path)
+    (run / MANIFEST).write_text(json.dumps(manifest))
+    proc = run_cli("eval", str(run), timeout=300)
+    assert_user_error(proc, "model.keras", "not a Keras model edgekd can load")
+    assert "safe_mode" in proc.stderr or "Lambda" in proc.stderr, proc.stderr
