@@ -13,7 +13,7 @@ import textwrap
 import pytest
 
 from edgekd.errors import RunDirError
-from edgekd.run import LOCK, MANIFEST, PREVIOUS, RunDir
+from edgekd.run import LOCK, MANIFEST, RunDir
 from tests.conftest import REPO, run_cli, smoke_copy
 from tests.test_cli_errors import assert_user_error
 
@@ -85,21 +85,6 @@ def test_lock_of_a_killed_process_does_not_block(tmp_path):
     assert (tmp_path / "run" / LOCK).exists()  # left behind, and harmless
     with RunDir(tmp_path / "run").lock("next"):
         assert json.loads((tmp_path / "run" / ".lock-owner.json").read_text())["command"] == "next"
-
-
-def test_changed_recipe_moves_earlier_results_aside(smoke_trained, tmp_path, cifar_jpeg):
-    run = smoke_copy(smoke_trained, tmp_path / "run")
-    (run / "student" / "my-notes.txt").write_text("mine")
-    before = (run / "student" / "model.keras").read_bytes()
-    proc = _train(run, cifar_jpeg, "--set", "student.soft_weight=0.5")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "[generalist] up to date" in proc.stdout
-    moved = list((run / PREVIOUS).glob("student-*"))
-    assert len(moved) == 1, proc.stdout
-    assert f"moved to {moved[0]}" in proc.stdout
-    assert (moved[0] / "my-notes.txt").read_text() == "mine"
-    assert (moved[0] / "model.keras").read_bytes() == before
-    assert (run / "student" / "model.keras").is_file()
 
 
 def test_truncated_artifact_is_not_skipped(smoke_trained, tmp_path, cifar_jpeg):

@@ -179,13 +179,20 @@ def test_rerun_skips_and_changed_recipe_reruns(smoke_run, cifar_jpeg):
     assert proc.returncode == 0 and "up to date, skipped" in proc.stdout
     assert manifest(run_dir)["stages"]["generalist"]["finished"] == before["finished"]
 
-    # A change to the ensemble section reruns the ensemble alone.
+    # A change to the ensemble section reruns the ensemble alone; its earlier folder, with a
+    # file the user put there, is moved to .previous/, not deleted.
+    (run_dir / "ensemble" / "my-notes.txt").write_text("mine")
+    old_metrics = (run_dir / "ensemble" / "metrics.json").read_bytes()
     proc = run_cli(*args, "--set", "ensemble.top_n=1")
     assert proc.returncode == 0, proc.stderr[-2000:]
     for stage in ("generalist", "groups", "specialists"):
         assert f"[{stage}] up to date, skipped" in proc.stdout
     assert "[ensemble] inputs changed" in proc.stdout
     assert manifest(run_dir)["stages"]["ensemble"]["metrics"]["top_n"] == 1
+    (moved,) = (run_dir / ".previous").glob("ensemble-*")
+    assert f"[ensemble] the earlier results were moved to {moved}" in proc.stdout
+    assert (moved / "my-notes.txt").read_text() == "mine"
+    assert (moved / "metrics.json").read_bytes() == old_metrics
 
     # A change to the generalist reruns it and everything downstream.
     stale = {s: r["hash"] for s, r in manifest(run_dir)["stages"].items()}
@@ -201,7 +208,8 @@ def test_rerun_skips_and_changed_recipe_reruns(smoke_run, cifar_jpeg):
     # Deleting a stage's folder, as the skip message suggests, redoes it.
     shutil.rmtree(run_dir / "generalist")
     proc = run_cli(*args, "--set", "generalist.epochs=1")
-    assert proc.returncode == 0 and "artifacts missing" in proc.stdout
+    assert proc.returncode == 0
+    assert "generalist/model.keras is missing: starting afresh" in proc.stdout
     assert (run_dir / "generalist" / "model.keras").is_file()
 
 
