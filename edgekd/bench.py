@@ -214,8 +214,8 @@ class Target:
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # UnicodeDecodeError is a ValueError
         return {}
     return data if isinstance(data, dict) else {}
 
@@ -254,9 +254,12 @@ def find_targets(
         targets += sorted(found, key=lambda t: (_PRECISION_ORDER[t.precision], t.path.name))
     members = export_dir / "members"
     config = _read_json(members / "ensemble.json")
-    if config:
-        entries = [config.get("members", {}).get("generalist", {})]
-        entries += list(config.get("members", {}).get("specialists", []))
+    listed = config.get("members") if isinstance(config.get("members"), dict) else {}
+    entries = [listed.get("generalist", {}), *(listed.get("specialists") or [])]
+    well_formed = all(isinstance(e, dict) and isinstance(e.get("files", {}), dict) for e in entries)
+    if config and well_formed:
+        from edgekd.runtime.ensemble import member_path
+
         # The gated ensemble runs on one runtime: LiteRT where it is benched, else ONNX.
         fmt = "tflite" if "tflite" in formats else "onnx" if "onnx" in formats else None
         # float32 (the reference teacher) and int8, or what a profile asks for.
@@ -264,10 +267,13 @@ def find_targets(
         wanted = wanted or list(precisions or ())
         for precision in (p for p in PRECISIONS if p in wanted and fmt):
             key = f"{fmt}/{precision}"
-            names = [e.get("files", {}).get(key) for e in entries]
-            files = [members / n for n in names if n]
-            if len(files) != len(entries) or not all(f.is_file() for f in files):
-                continue
+            try:  # confined to members/, as the runner will insist
+                files = [
+                    member_path(members, e.get("files", {}).get(key), members / "ensemble.json", "")
+                    for e in entries
+                ]
+            except (ValueError, OSError):
+                continue  # a member file missing, or outside members/: no row for it
             size = sum(f.stat().st_size for f in files)
             card: dict[str, Any] = {"members": len(files)}
             params = [_read_json(f.with_name(f.name + ".json")).get("params") for f in files]
@@ -294,7 +300,11 @@ def read_classes(export_dir: Path) -> list[str]:
     """Class names from labels.txt (else members/ensemble.json, else a student card)."""
     labels = export_dir / "labels.txt"
     if labels.is_file():
-        names = [line.strip() for line in labels.read_text().splitlines() if line.strip()]
+        try:
+            text = labels.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise BenchError(f"{labels}: unreadable ({type(exc).__name__}: {exc})") from None
+        names = [line.strip() for line in text.splitlines() if line.strip()]
         if names:
             return names
     for candidate in [export_dir / "members" / "ensemble.json", *export_dir.glob("student*.json")]:

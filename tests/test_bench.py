@@ -485,3 +485,24 @@ def test_parity_fails_a_file_with_non_finite_outputs():
     p = parity(NaNRunner(), np.zeros((10, 4, 4, 3)), labels, reference, tolerance_pp=1.0)
     assert p["finite"] is False and p["passed"] is False and p["max_logit_error"] is None
     assert p["drop_pp"] == 0.0  # the argmax alone would have passed it
+
+
+@pytest.mark.parametrize("hostile", ["../student.tflite", "/etc/hostname", {"x": 1}, "garbage"])
+def test_bench_does_not_follow_member_paths_out(export_dir, images, tmp_path, hostile):
+    folder = tmp_path / "export"
+    shutil.copytree(export_dir, folder)
+    path = folder / "members" / "ensemble.json"
+    if hostile == "garbage":
+        path.write_bytes(b"\xff\x00{")
+    else:
+        config = json.loads(path.read_text())
+        config["members"]["generalist"]["files"]["tflite/float32"] = hostile
+        path.write_text(json.dumps(config))
+    proc = run_no_tf(
+        "bench", str(folder), "--data", f"folder:{images}", "--limit", "3", "--runs", "2",
+        "--warmup", "1", "--rounds", "1", "--runtime", "litert",
+    )  # fmt: skip
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    report = json.loads((folder / "bench.json").read_text())
+    ensemble = {r["precision"] for r in report["rows"] if r["model"] == "ensemble"}
+    assert ensemble == (set() if hostile == "garbage" else {"int8"}), report["rows"]

@@ -20,7 +20,7 @@ import numpy as np
 from edgekd.runtime.base import Runner, load_runner
 from edgekd.runtime.fusion import fuse, gate, membership_matrix, softmax
 
-__all__ = ["EnsembleResult", "EnsembleRunner"]
+__all__ = ["EnsembleResult", "EnsembleRunner", "member_path"]
 
 _FORMATS = ("tflite", "onnx")
 
@@ -50,7 +50,7 @@ class EnsembleResult:
         return float(self.views * (1.0 + self.active.sum(1).mean()))
 
 
-def _member_path(folder: Path, rel: Any, manifest: Path, name: str) -> Path:
+def member_path(folder: Path, rel: Any, manifest: Path, name: str) -> Path:
     """The member file `rel` names, confined to `folder`: a relative path with no '..' that
     does not lead outside it through a symlink. Anything else is refused, never followed."""
     if not isinstance(rel, str) or not rel or "\x00" in rel:
@@ -167,7 +167,7 @@ class EnsembleRunner:
                     f"{', '.join(sorted(available)) or 'none'}); export that format and "
                     "precision, or pick one it has"
                 )
-            self.files[name] = _member_path(self.members_dir, available[key], manifest, name)
+            self.files[name] = member_path(self.members_dir, available[key], manifest, name)
 
     def _load(self, manifest: Path, threads: int | None, runner_options: dict[str, Any]) -> None:
         def load(name: str, width: int) -> Runner:
