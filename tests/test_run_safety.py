@@ -53,14 +53,19 @@ def test_empty_run_dir_flag(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
-def test_second_writer_is_refused_with_the_holders_pid(tmp_path, cifar_jpeg):
-    run = RunDir(tmp_path / "run")
-    with run.lock("pytest holding the lock"):
-        proc = _train(tmp_path / "run", cifar_jpeg)
-        assert_user_error(proc, "in use by PID", str(os.getpid()), "pytest holding the lock")
-        exported = run_cli("export", str(tmp_path / "run"))
-        assert exported.returncode == 2  # not a run yet: refused before it reaches the lock
-    assert not (tmp_path / "run" / MANIFEST).exists()
+def test_second_writer_is_refused_with_the_holders_pid(smoke_trained, tmp_path, cifar_jpeg):
+    run_dir = smoke_copy(smoke_trained, tmp_path / "run")
+    before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
+    with RunDir(run_dir).lock("pytest holding the lock"):
+        for proc in (
+            _train(run_dir, cifar_jpeg, "--set", "student.soft_weight=0.5"),
+            run_cli("export", str(run_dir), "--format", "tflite", "--float"),
+        ):
+            assert_user_error(proc, "in use by PID", str(os.getpid()), "pytest holding the lock")
+    after = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
+    assert {p: t for p, t in after.items() if p.name not in (LOCK, ".lock-owner.json")} == {
+        p: t for p, t in before.items() if p.name not in (LOCK, ".lock-owner.json")
+    }
 
 
 def test_lock_of_a_killed_process_does_not_block(tmp_path):
