@@ -157,10 +157,19 @@ def damaged_runs(smoke_trained, tmp_path_factory):
 @pytest.mark.parametrize("how", ["truncated", "garbled", "empty"])
 @pytest.mark.parametrize("rel", ARTIFACTS)
 def test_corrupt_artifact_matrix_eval(damaged_runs, rel, how):
-    """`edgekd eval` on a damaged run: exit 2 and the damaged file named, no traceback."""
+    """Evaluating a damaged run: a RunDirError naming the damaged file, nothing else. In
+    process (the CLI's mapping of that error to exit 2 is checked once, below)."""
+    from edgekd.evaluate import evaluate_run
+
     run = damaged_runs[rel, how]
-    proc = run_cli("eval", str(run), timeout=300)
-    assert_user_error(proc, "manifest.json" if rel == "state.json" else rel.split("/")[-1])
+    with pytest.raises(RunDirError) as info:
+        evaluate_run(str(run))
+    assert ("manifest.json" if rel == "state.json" else rel.split("/")[-1]) in str(info.value)
+
+
+def test_corrupt_artifact_eval_cli(damaged_runs):
+    proc = run_cli("eval", str(damaged_runs["generalist/model.keras", "garbled"]), timeout=300)
+    assert_user_error(proc, "model.keras")
 
 
 @pytest.mark.parametrize("rel", ["generalist/model.keras", "manifest.json"])
