@@ -153,3 +153,12 @@ def test_explicit_group_with_unknown_class(tmp_path, run_dir):
     """)  # fmt: skip
     assert_user_error(proc, "bad.yaml:6: groups.explicit[1][1]", "did you mean 'class_2'")
     assert not run_dir.exists()
+
+
+def test_top_n_above_class_count(tmp_path, run_dir, cifar_jpeg):
+    proc = run_cli(
+        "train", "smoke", "--set", f"data.path={cifar_jpeg}", "--set", "ensemble.top_n=11",
+        "--run-dir", str(run_dir),
+    )  # fmt: skip
+    assert_user_error(proc, "ensemble.top_n", "more than the 10 classes")
+    assert not run_dir.exists()

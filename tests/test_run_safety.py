@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,10 +21,10 @@ from tests.test_cli_errors import assert_user_error
 SMOKE = str(REPO / "recipes" / "smoke.yaml")
 
 
-def _train(run_dir, cifar_jpeg, *extra, timeout=600):
+def _train(run_dir, cifar_jpeg, *extra, timeout=600, quiet=True):
     return run_cli(
-        "train", SMOKE, "--set", f"data.path={cifar_jpeg}", "--run-dir", str(run_dir), "-q",
-        *extra, timeout=timeout,
+        "train", SMOKE, "--set", f"data.path={cifar_jpeg}", "--run-dir", str(run_dir),
+        *(["-q"] if quiet else []), *extra, timeout=timeout,
     )  # fmt: skip
 
 
@@ -96,8 +97,11 @@ def test_truncated_artifact_is_not_skipped(smoke_trained, tmp_path, cifar_jpeg):
     run = smoke_copy(smoke_trained, tmp_path / "run")
     model = run / "student" / "model.keras"
     model.write_bytes(model.read_bytes()[:1000])
-    proc = _train(run, cifar_jpeg)
+    proc = _train(run, cifar_jpeg, quiet=False)  # stdout is a pipe: one line per epoch anyway
     assert proc.returncode == 0, proc.stderr[-3000:]
+    epochs = [line for line in proc.stdout.splitlines() if re.match(r"^\d+/\d+ - ", line)]
+    assert len(epochs) == 2, proc.stdout  # the distilled student's epoch and its control's
+    assert "\u2501" not in proc.stdout and "\r" not in proc.stdout  # no progress bar
     assert "[student] student/model.keras is 1,000 bytes" in proc.stdout, proc.stdout
     assert "[ensemble] up to date" in proc.stdout
     assert model.stat().st_size > 1000
