@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 
+def reason(exc: BaseException) -> str:
+    """An exception's kind and first line, short enough to end a one-line message."""
+    text = (str(exc).strip().splitlines() or [""])[0][:300]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 class EdgekdError(Exception):
     """Base class for errors caused by user input (recipe, data, run directory)."""
 

@@ -253,7 +253,6 @@ class RunEvaluation:
 
 def evaluate_run(run_path: str, data_spec: str | None = None, split: str = "val") -> RunEvaluation:
     """Evaluate every model a run has on its validation (or test) split, or on `data_spec`."""
-
     import edgekd.losses  # noqa: F401  (registers serialisable objects used in saved models)
     import edgekd.schedules  # noqa: F401
     from edgekd.dataset import load_eval_data, prepare_data
@@ -346,7 +345,6 @@ def evaluate_run(run_path: str, data_spec: str | None = None, split: str = "val"
 
 def _seed_summary(run, images, correct: Mapping[str, np.ndarray]) -> SeedSummary | None:
     """Each seed of the student stage (seed 0: the stage's own models) on these images."""
-
     from edgekd.trainer import predict_probs
 
     rec = run.stage("student")

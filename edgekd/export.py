@@ -147,10 +147,6 @@ def export_run(
         if cfg.members and run.stage("specialists").status != "done":
             raise RunDirError(f"{run.path}: --members needs the specialists stage, not finished")
 
-
-        import edgekd.losses  # noqa: F401  (serialisable objects inside saved models)
-        import edgekd.models.layers  # noqa: F401
-        import edgekd.schedules  # noqa: F401
         from edgekd.dataset import prepare_data
 
         data = prepare_data(recipe, progress=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekd.errors import DataError, EdgekdError
+from edgekd.errors import DataError, EdgekdError, reason
 from edgekd.images import read_rgb
 
 # Which file an export folder's prediction uses, best first: the int8 student is the one a
@@ -80,7 +80,7 @@ def read_labels(model: Path, num_outputs: int | None = None) -> list[str]:
         try:
             text = labels_file.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
-            raise ModelError(f"{labels_file}: unreadable ({_reason(exc)})") from None
+            raise ModelError(f"{labels_file}: unreadable ({reason(exc)})") from None
         names = [line.strip() for line in text.splitlines() if line.strip()]
     else:
         card = model.with_name(model.name + ".json")
@@ -128,13 +128,7 @@ def load_model(path: Path, threads: int | None = None):
             'pip install "edgekd[runtime]"'
         ) from exc
     except Exception as exc:  # noqa: BLE001 - runtimes raise their own kinds (InvalidProtobuf, ...)
-        raise ModelError(f"{path}: cannot load it: {_reason(exc)}") from None
-
-
-def _reason(exc: BaseException) -> str:
-    """The first line of an exception, with its kind, short enough for one message."""
-    text = (str(exc).strip().splitlines() or [""])[0][:300]
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+        raise ModelError(f"{path}: cannot load it: {reason(exc)}") from None
 
 
 def load_ensemble(folder: Path, fmt: str, precision: str, threads: int | None):
@@ -149,7 +143,7 @@ def load_ensemble(folder: Path, fmt: str, precision: str, threads: int | None):
             'pip install "edgekd[runtime]"'
         ) from exc
     except Exception as exc:  # noqa: BLE001 - as load_model
-        raise ModelError(f"{folder}: cannot load the ensemble: {_reason(exc)}") from None
+        raise ModelError(f"{folder}: cannot load the ensemble: {reason(exc)}") from None
 
 
 def predict_files(

@@ -565,9 +565,9 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise RecipeError(f"--set {text!r}: expected KEY.PATH=VALUE, e.g. generalist.epochs=3")
     try:
         value = safe_yaml.load(raw) if raw.strip() else ""
+    except safe_yaml.YamlSyntaxError:
+        return key, raw  # a plain string that YAML would misread, e.g. 'a: b'
     except safe_yaml.YamlError as exc:
-        if str(exc).startswith("not valid YAML"):
-            return key, raw  # a plain string that YAML would misread, e.g. 'a: b'
         raise RecipeError(f"--set {key}=...: {exc}") from None
     return key, value
 

@@ -26,7 +26,7 @@ from typing import Any
 import filelock
 
 from edgekd import __version__, atomic
-from edgekd.errors import RunDirError
+from edgekd.errors import RunDirError, reason
 
 MANIFEST = "manifest.json"
 LOCK = ".lock"  # held (flock) by the one process writing the run; the OS frees it on death
@@ -69,6 +69,16 @@ def file_digest(path: Path) -> dict[str, Any]:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return {"size": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def digest_mismatch(path: Path, want: dict[str, Any], name: str) -> str | None:
+    """Why `path` is not the file `want` ({size, sha256}, either may be absent) describes."""
+    size, sha = want.get("size"), want.get("sha256")
+    if size is not None and path.stat().st_size != size:
+        return f"{name} is {path.stat().st_size:,} bytes, {size:,} were written"
+    if sha is not None and file_digest(path)["sha256"] != sha:
+        return f"{name} changed since it was written (sha256 differs)"
+    return None
 
 
 def check_run_path(path: Path) -> None:
@@ -256,14 +266,7 @@ class RunDir:
         path = self.path / rel
         if not path.is_file():
             return f"{rel} is missing"
-        want = rec.files.get(key)
-        if want is None:
-            return None  # recorded before checksums were kept
-        if path.stat().st_size != want.get("size"):
-            return f"{rel} is {path.stat().st_size:,} bytes, {want.get('size'):,} were written"
-        if file_digest(path)["sha256"] != want.get("sha256"):
-            return f"{rel} changed since it was written (sha256 differs)"
-        return None
+        return digest_mismatch(path, rec.files.get(key, {}), rel)  # {}: kept no checksums yet
 
     def read_json(self, stage: str, key: str, *required: str) -> dict[str, Any]:
         """A stage's JSON artifact, checked like `load_model`; `required` keys must be there."""
@@ -299,8 +302,7 @@ class RunDir:
         try:
             return keras.models.load_model(path, compile=False)
         except Exception as exc:  # noqa: BLE001 - Keras raises many kinds for one meaning
-            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-            raise RunDirError(f"{path}: not a Keras model edgekd can load: {reason}") from None
+            raise RunDirError(f"{path}: not a Keras model edgekd can load: {reason(exc)}") from None
 
     def save(self) -> None:
         atomic.write_json(self.path / MANIFEST, self.manifest)

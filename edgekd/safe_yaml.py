@@ -26,6 +26,10 @@ class YamlError(ValueError):
         self.line = line
 
 
+class YamlSyntaxError(YamlError):
+    """Not YAML at all (as opposed to YAML over the bounds)."""
+
+
 def _decode(data: bytes | str) -> str:
     if isinstance(data, str):
         text = data
@@ -101,7 +105,8 @@ def compose(data: bytes | str) -> tuple[Any, yaml.Node | None]:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)
-        raise YamlError(f"not valid YAML: {problem}", mark.line + 1 if mark else None) from None
+        line = mark.line + 1 if mark else None
+        raise YamlSyntaxError(f"not valid YAML: {problem}", line) from None
     except RecursionError:
         raise YamlError(f"nested more than {MAX_DEPTH} levels deep") from None
     finally:

@@ -9,7 +9,6 @@ per-epoch shuffling and augmentation as an uninterrupted run.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -27,6 +26,7 @@ from edgekd.errors import TrainingError
 from edgekd.losses import SparseCrossentropy
 from edgekd.models import model_summary_stats
 from edgekd.recipe import ModelTrainConfig
+from edgekd.run import digest_mismatch, file_digest
 from edgekd.runtime.fusion import softmax
 from edgekd.schedules import build_schedule
 
@@ -41,14 +41,6 @@ class TrainResult:
     model: keras.Model
     history: list[dict[str, float]]
     resumed_from: int
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _unusable(point: Any, ckpt_dir: Path, epochs: int) -> str | None:
@@ -66,12 +58,7 @@ def _unusable(point: Any, ckpt_dir: Path, epochs: int) -> str | None:
     path = ckpt_dir / name
     if not path.is_file():
         return f"{name} is missing"
-    size, sha = point.get("size"), point.get("sha256")
-    if size is not None and path.stat().st_size != size:
-        return f"{name} is {path.stat().st_size:,} bytes, {size:,} were written"
-    if sha is not None and _sha256(path) != sha:
-        return f"{name} is not the file that was written (sha256 differs)"
-    return None
+    return digest_mismatch(path, point, name)
 
 
 def load_state(
@@ -143,12 +130,9 @@ class EpochCheckpoint(keras.callbacks.Callback):
         with atomic.atomic_path(path) as tmp:
             self.model.save(tmp)
         point = {
-            "epoch": epoch + 1,
-            "checkpoint": name,
-            "size": path.stat().st_size,
-            "sha256": _sha256(path),
+            "epoch": epoch + 1, "checkpoint": name, **file_digest(path),
             "history": list(self.history),
-        }
+        }  # fmt: skip
         # The previous epoch's file stays until this one is recorded, so a truncated or lost
         # newest checkpoint falls back to it.
         previous, self._last = self._last, point
