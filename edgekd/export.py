@@ -17,7 +17,6 @@ and the specialists in the same formats plus `ensemble.json`.
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -504,9 +503,3 @@ def summary_table(variants: list[Variant]) -> str:
     headers = ["model", "format", "precision", "file", "KiB", "accuracy %", "Keras %",
                "agreement %", "max logit err", "parity", "note"]  # fmt: skip
     return format_table(headers, rows)
-
-
-def load_card(path: str | Path) -> dict[str, Any]:
-    """The model card written beside an exported file."""
-    p = Path(path)
-    return json.loads(p.with_name(p.name + ".json").read_text())

@@ -27,7 +27,6 @@ from edgekd.errors import RecipeError
 STAGES: tuple[str, ...] = (
     "generalist", "groups", "specialists", "ensemble", "student", "budget"
 )  # fmt: skip
-IMPLEMENTED_STAGES: tuple[str, ...] = STAGES
 # The method's stages; `budget` (a control that costs as much as the method) is opt-in.
 METHOD_STAGES: tuple[str, ...] = STAGES[:5]
 
@@ -356,12 +355,6 @@ class TrainConfig(_Section):
         for i, stage in enumerate(self.stages):
             if stage not in STAGES:
                 raise FieldError(("stages", i), _unknown("stage", stage, STAGES))
-            if stage not in IMPLEMENTED_STAGES:
-                raise FieldError(
-                    ("stages", i),
-                    f"stage {stage!r} is not available in this version "
-                    f"(available: {', '.join(IMPLEMENTED_STAGES)})",
-                )
         order = [STAGES.index(s) for s in self.stages]
         if order != sorted(set(order)):
             raise FieldError(
