@@ -25,13 +25,14 @@ import importlib.util
 import logging
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgekd.atomic import atomic_path
+from edgekd.contract import check_variant, sibling_file, variant_key
 
 if TYPE_CHECKING:
     import keras
@@ -43,6 +44,39 @@ INPUT_NAME = "pixels"
 OUTPUT_NAME = "logits"
 BATCH_DIM = "batch"
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def convert(
+    model: keras.Model,
+    path: str | Path,
+    *,
+    precision: str,
+    calibration: np.ndarray | None = None,
+    io_dtype: str = "float32",
+    reuse: Mapping[str, Path] | None = None,
+) -> Path:
+    """The export back-end's entry point (the signature every converter shares): `model` as
+    a float ONNX file at `path`, or for int8 an int8 Q/DQ one calibrated on `calibration`.
+
+    int8 quantises the model's float ONNX file: `reuse["onnx/float32"]` when this export
+    already wrote it, else one written now beside `path` (`<model>.onnx`). ONNX files take
+    and give float32 tensors, so `io_dtype` must be float32.
+    """
+    path = Path(path)
+    check_variant("onnx", precision)
+    if io_dtype != "float32":
+        raise ValueError(f"ONNX files have float32 input and output, not {io_dtype!r}")
+    if precision == "float32":
+        return export_onnx(model, path)
+    if calibration is None:
+        raise ValueError("precision 'int8' needs calibration images (N, H, W, 3)")
+    float_path = (reuse or {}).get(variant_key("onnx", "float32"))
+    if float_path is None:
+        float_path = export_onnx(model, sibling_file(path, "onnx", "float32"))
+    return quantize_onnx_int8(float_path, path, calibration)
 
 
 # --------------------------------------------------------------------------- float export

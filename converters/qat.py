@@ -20,6 +20,10 @@ clone computes the same `(x - mean) / std` as a 1x1 `DepthwiseConv2D` with bias 
 is then fully int8 and still takes raw pixels 0..255: TFMOT's input quantiser is pinned to
 [0, 255], so a uint8 input is the pixels themselves (scale 1, zero point 0).
 
+The fine-tuning loss is the Distiller's own (`edgekd.losses.distillation_loss`, via
+`qat_loss`): the child imports Keras 3 for its `keras.ops` alone, which on the TensorFlow
+backend run on the `tf_keras` model's tensors; no Keras 3 model or layer is built there.
+
 Before fine-tuning, the activation ranges are calibrated on the calibration images (forward
 passes in training mode, no gradient steps): TFMOT's ranges start at [-6, 6] and follow a slow
 moving average, so an uncalibrated QAT model starts far from the trained one (see
@@ -74,6 +78,7 @@ def qat_int8_tflite(
     soft_targets: np.ndarray | None = None,
     temperature: float = 4.0,
     soft_weight: float = 0.8,
+    label_smoothing: float = 0.0,
     epochs: int = 1,
     batch_size: int = 128,
     lr: float = 1e-3,
@@ -85,13 +90,13 @@ def qat_int8_tflite(
 ) -> dict[str, Any]:
     """Fine-tune `model` with QAT and write a full-int8 `.tflite` to `path` (atomically).
 
-    The loss is the distillation loss, per example
-    `soft_weight * T^2 * CE(q_T, softmax(z / T)) + (1 - soft_weight) * CE(y, softmax(z))`,
-    or plain CE(y, softmax(z)) without `soft_targets`. The teacher's targets are computed
-    once per image by the caller, not per augmented view: the teacher is a Keras 3 model and
-    cannot run inside the `tf_keras` process. A flipped image keeps its unflipped image's
-    targets. Optimiser: SGD, momentum 0.9 (Nesterov), no weight decay, learning rate
-    cosine-decayed from `lr` to 0 over the fine-tuning steps.
+    The loss is the Distiller's, `edgekd.losses.distillation_loss` (see `qat_loss`), per
+    example `soft_weight * T^2 * CE(q_T, softmax(z / T)) + (1 - soft_weight) * CE(y, softmax(z))`
+    with `label_smoothing` on the hard term, or that hard term alone without `soft_targets`.
+    The teacher's targets are computed once per image by the caller, not per augmented view:
+    the teacher is a Keras 3 model and cannot run inside the `tf_keras` process. A flipped
+    image keeps its unflipped image's targets. Optimiser: SGD, momentum 0.9 (Nesterov), no
+    weight decay, learning rate cosine-decayed from `lr` to 0 over the fine-tuning steps.
 
     Args:
         model: a trained Keras 3 edgekd classifier (`build_model` output), pixels 0..255 in.
@@ -106,6 +111,7 @@ def qat_int8_tflite(
             None for hard labels only.
         temperature: T of the soft term.
         soft_weight: weight of the soft term, in [0, 1].
+        label_smoothing: of the hard term, in [0, 1): the recipe's, as the student trained.
         epochs: fine-tuning epochs; 0 only calibrates the quantisation ranges.
         batch_size: fine-tuning batch size.
         lr: peak learning rate.
@@ -137,6 +143,8 @@ def qat_int8_tflite(
         raise ValueError(f"soft_weight must be in [0, 1]; received {soft_weight}")
     if temperature <= 0:
         raise ValueError(f"temperature must be positive; received {temperature}")
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1); received {label_smoothing}")
     if epochs < 0 or batch_size < 1 or lr < 0:
         raise ValueError(
             f"need epochs >= 0, batch_size >= 1, lr >= 0; received {epochs}, {batch_size}, {lr}"
@@ -165,6 +173,7 @@ def qat_int8_tflite(
         "io_dtype": io_dtype,
         "temperature": float(temperature),
         "soft_weight": float(soft_weight),
+        "label_smoothing": float(label_smoothing),
         "epochs": int(epochs),
         "batch_size": int(batch_size),
         "lr": float(lr),
@@ -313,6 +322,35 @@ def _check_file(path: Path, io_dtype: str) -> dict[str, Any]:
         name: {"dtype": t.dtype, "scale": t.scale, "zero_point": t.zero_point}
         for name, t in (("input", runner.input), ("output", runner.output))
     }
+
+
+# --------------------------------------------------------------------------------------------
+# Both sides: the loss (Keras 3's `keras.ops`, which the child imports beside `tf_keras`).
+
+
+def qat_loss(
+    logits: Any,
+    labels: Any,
+    targets: Any,
+    temperature: float,
+    soft_weight: float,
+    label_smoothing: float = 0.0,
+) -> Any:
+    """The batch-mean QAT loss: the Distiller's own `distillation_loss`, not a copy of it.
+
+    `targets` None (no teacher) leaves the hard term alone. In `keras.ops`, which on the
+    TensorFlow backend run on the `tf_keras` child's tensors inside its `tf.function` step.
+    """
+    from keras import ops
+
+    from edgekd.losses import distillation_loss, hard_cross_entropy
+
+    if targets is None:
+        return ops.mean(hard_cross_entropy(labels, logits, label_smoothing))
+    total, _, _ = distillation_loss(
+        targets, labels, logits, temperature, soft_weight, label_smoothing
+    )
+    return ops.mean(total)
 
 
 # --------------------------------------------------------------------------------------------
@@ -539,6 +577,36 @@ def _calibrate(tf: Any, qat: Any, quant_ops: Any, calibration: np.ndarray) -> No
     _say(f"calibrated activation ranges on {len(calibration)} images")
 
 
+def _train_step(
+    tf: Any,
+    model: Any,
+    variables: list[Any],
+    optimizer: Any,
+    *,
+    temperature: float,
+    soft_weight: float,
+    label_smoothing: float,
+    soft: bool,
+) -> Callable[[Any, Any, Any], tuple[Any, Any]]:
+    """One compiled fine-tuning step `(x, y, q) -> (mean loss, correct count)` on `qat_loss`.
+
+    Updates `variables` only; `q` (the batch's soft targets) is ignored when `soft` is False.
+    """
+
+    @tf.function(reduce_retracing=True)
+    def step(x: Any, y: Any, q: Any) -> tuple[Any, Any]:
+        with tf.GradientTape() as tape:
+            z = tf.cast(model(x, training=True), tf.float32)
+            targets = q if soft else None
+            loss = qat_loss(z, y, targets, temperature, soft_weight, label_smoothing)
+        grads = tape.gradient(loss, variables)
+        optimizer.apply_gradients(zip(grads, variables, strict=True))
+        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(z, -1, tf.int32), y), tf.float32))
+        return loss, correct
+
+    return step
+
+
 def _fine_tune(
     tf: Any, k2: Any, qat: Any, job: dict[str, Any], data: dict[str, np.ndarray]
 ) -> tuple[list[dict[str, float]], int, float]:
@@ -552,24 +620,12 @@ def _fine_tune(
         return [], 0, 0.0
     schedule = k2.optimizers.schedules.CosineDecay(job["lr"], decay_steps=total, alpha=0.0)
     optimizer = k2.optimizers.SGD(learning_rate=schedule, momentum=0.9, nesterov=True)
-    t, w = float(job["temperature"]), float(job["soft_weight"])
     num_classes = int(qat.outputs[0].shape[-1])
-    variables = _trained_variables(qat)
-
-    @tf.function(reduce_retracing=True)
-    def step(x: Any, y: Any, q: Any) -> tuple[Any, Any]:
-        with tf.GradientTape() as tape:
-            z = tf.cast(qat(x, training=True), tf.float32)
-            hard = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=z)
-            if soft is None:
-                loss = tf.reduce_mean(hard)
-            else:
-                ce = -tf.reduce_sum(q * tf.nn.log_softmax(z / t, axis=-1), axis=-1)
-                loss = tf.reduce_mean(w * t * t * ce + (1.0 - w) * hard)
-        grads = tape.gradient(loss, variables)
-        optimizer.apply_gradients(zip(grads, variables, strict=True))
-        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(z, -1, tf.int32), y), tf.float32))
-        return loss, correct
+    step = _train_step(
+        tf, qat, _trained_variables(qat), optimizer,
+        temperature=float(job["temperature"]), soft_weight=float(job["soft_weight"]),
+        label_smoothing=float(job["label_smoothing"]), soft=soft is not None,
+    )  # fmt: skip
 
     rng = np.random.default_rng(job["seed"])
     empty = np.zeros((n, num_classes), np.float32)

@@ -22,12 +22,23 @@ from __future__ import annotations
 import importlib.util
 import os
 import shlex
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgekd.atomic import atomic_path, write_bytes
+from edgekd.contract import FORMATS, TRTEXEC_SUFFIX, check_variant, sibling_file, variant_key
+from edgekd.converters import onnx as onnx_converter
 
-PRECISIONS = ("fp32", "fp16", "int8")
+if TYPE_CHECKING:
+    import keras
+    import numpy as np
+
+# TensorRT's own names (trtexec flags) for the contract's TensorRT precisions.
+TRT_PRECISION = {
+    p: {"float32": "fp32", "float16": "fp16"}.get(p, p) for p in FORMATS["tensorrt"].precisions
+}
+PRECISIONS = tuple(TRT_PRECISION.values())
 DEFAULT_INPUT = "pixels"
 DEFAULT_SHAPE = (1, 32, 32, 3)
 
@@ -43,6 +54,39 @@ def tensorrt_available() -> bool:
 def _check_precision(precision: str) -> None:
     if precision not in PRECISIONS:
         raise ValueError(f"unknown TensorRT precision {precision!r}; expected one of {PRECISIONS}")
+
+
+def convert(
+    model: keras.Model,
+    path: str | Path,
+    *,
+    precision: str,
+    calibration: np.ndarray | None = None,
+    io_dtype: str = "float32",
+    reuse: Mapping[str, Path] | None = None,
+) -> Path:
+    """The export back-end's entry point (the signature every converter shares): a TensorRT
+    engine at `path` from the model's ONNX file, float (float32, float16) or int8 Q/DQ.
+
+    The ONNX file is `reuse`'s when this export wrote it, else the one beside `path` (an
+    earlier export's), else written there now (int8 calibrated on `calibration`). With the
+    `tensorrt` package the engine is built here; without it the `trtexec` script that
+    builds it on the device is written, and its path returned instead.
+    """
+    check_variant("tensorrt", precision)
+    if io_dtype != "float32":
+        raise ValueError(f"TensorRT engines here have float32 input and output, not {io_dtype!r}")
+    onnx_precision = "int8" if precision == "int8" else "float32"
+    onnx_path = (reuse or {}).get(variant_key("onnx", onnx_precision))
+    if onnx_path is None:
+        onnx_path = sibling_file(path, "onnx", onnx_precision)
+        if not onnx_path.is_file():
+            onnx_converter.convert(
+                model, onnx_path, precision=onnx_precision, calibration=calibration, reuse=reuse
+            )
+    if tensorrt_available():
+        return build_engine(onnx_path, path, TRT_PRECISION[precision])
+    return write_trtexec_script(onnx_path, path, TRT_PRECISION[precision])
 
 
 def _dims(shape: Sequence[int | None], batch: int) -> str:
@@ -154,7 +198,7 @@ def write_trtexec_script(
         "fp16": "float16",
         "int8": "int8 from the file's Q/DQ nodes (explicit quantisation: no calibration cache)",
     }[precision]
-    script = onnx_path.with_name(f"{engine_path.stem}.trtexec.sh")
+    script = onnx_path.with_name(engine_path.stem + TRTEXEC_SUFFIX)
     text = "\n".join(
         [
             "#!/bin/sh",

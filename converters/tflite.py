@@ -15,7 +15,7 @@ as 1). `edgekd.runtime.tflite.TFLiteRunner` resizes the input tensor to each chu
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import keras
@@ -23,14 +23,35 @@ import numpy as np
 import tensorflow as tf
 
 from edgekd.atomic import atomic_path
+from edgekd.contract import FORMATS
 
-PRECISIONS = ("float32", "float16", "dynamic", "int8")
+PRECISIONS = FORMATS["tflite"].precisions
 """float32: no optimisation. float16: float16 weights, float32 compute and I/O.
 dynamic: int8 weights, activations quantised on the fly. int8: full-integer (needs
 representative images), builtin int8 kernels only."""
 
 IO_DTYPES = ("float32", "uint8", "int8")
 """Input/output tensor types; the integer ones are only possible with precision int8."""
+
+
+def convert(
+    model: keras.Model,
+    path: str | Path,
+    *,
+    precision: str,
+    calibration: np.ndarray | None = None,
+    io_dtype: str = "float32",
+    reuse: Mapping[str, Path] | None = None,
+) -> Path:
+    """The export back-end's entry point (the signature every converter shares): `model` as
+    a `.tflite` file at `path`; `calibration` images are the int8 representative set.
+
+    `reuse` (files this export already wrote for the model) has nothing LiteRT builds on.
+    """
+    del reuse
+    return export_tflite(
+        model, path, precision=precision, representative=calibration, io_dtype=io_dtype
+    )
 
 
 def export_tflite(

@@ -26,33 +26,50 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from importlib import metadata, resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgekd import safe_yaml
-from edgekd.errors import DataError, EdgekdError
+from edgekd.contract import (
+    ENSEMBLE_FILE,
+    FORMATS,
+    LABELS_FILE,
+    PRECISIONS,
+    QAT_TAG,
+    TRTEXEC_SUFFIX,
+    ContractError,
+    EnsembleSpec,
+    ModelCard,
+    card_of,
+    parse_file_name,
+    read_card,
+    read_ensemble_spec,
+    variant_key,
+)
+from edgekd.errors import DataError, EdgekdError, RecipeError
 from edgekd.predict import read_image
+
+if TYPE_CHECKING:
+    from edgekd.recipe import Recipe
 
 RUNTIMES = ("litert", "onnxruntime", "tensorrt", "all")
 FORMAT_OF = {"litert": "tflite", "onnxruntime": "onnx", "tensorrt": "tensorrt"}
-# The student files of each format: TensorRT engines as `sh student-int8.trtexec.sh` (or
-# `build_engine`) writes them on the device, or under the other usual suffix.
-FORMAT_SUFFIXES = {"tflite": (".tflite",), "onnx": (".onnx",), "tensorrt": (".engine", ".plan")}
+# The student files of each format are those edgekd.contract.FORMATS names: TensorRT
+# engines as `sh student-int8.trtexec.sh` (or `build_engine`) writes them on the device,
+# or under the other usual suffix.
 _INSTALL = {
     "litert": "pip install ai-edge-litert",
     "onnxruntime": "pip install onnxruntime",
     "tensorrt": "the tensorrt Python package from JetPack/the TensorRT install, and "
     "pip install cuda-python",
 }
-PRECISIONS = ("float32", "float16", "dynamic", "int8")
 ENSEMBLE_PRECISIONS = ("float32", "int8")  # the reference ensemble and its int8 twin
-_PRECISION_ORDER = {p: i for i, p in enumerate((*PRECISIONS, "int8-qat"))}
-_SUFFIX_PRECISION = {"-fp16": "float16", "-dynamic": "dynamic", "-int8": "int8"}
+_PRECISION_ORDER = {p: i for i, p in enumerate((*PRECISIONS, f"int8{QAT_TAG}"))}
 
 DEFAULT_BATCH = 32
 DEFAULT_LIMIT = 1000
@@ -205,29 +222,54 @@ class Target:
     path: Path  # the model file, or the members/ folder
     files: list[Path]
     size_bytes: int
-    card: dict[str, Any] = field(default_factory=dict)
+    card: ModelCard | None = None  # a student file's, when it has one
+    params: int | None = None  # the ensemble's: all members (MACs per image depend on the gate)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Parameters and MACs as far as they are known, for the report's row."""
+        params = self.params if self.card is None else self.card.params
+        macs = None if self.card is None else self.card.macs
+        return {k: v for k, v in (("params", params), ("macs", macs)) if v is not None}
 
     @property
     def label(self) -> str:
         return f"{self.model} {self.precision} {self.format}"
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def _student_precision(path: Path, card: ModelCard | None) -> str | None:
+    """float32 / float16 / dynamic / int8 / int8-qat, from the card or else the file name;
+    None for a file whose name is not an exported one and that has no card."""
+    name = parse_file_name(path.name)
+    if card is None:
+        return None if name is None else name.label
+    qat = card.qat is not None or (name is not None and name.qat)
+    return f"{card.precision}{QAT_TAG}" if qat and card.precision == "int8" else card.precision
+
+
+def _student_cards(export_dir: Path) -> list[ModelCard]:
+    """The cards of the export's student files (`student*.<suffix>.json`), by name."""
+    paths = sorted(export_dir.glob("student*.json"))
+    return [read_card(p) for p in paths if parse_file_name(p.name.removesuffix(".json"))]
+
+
+def ensemble_spec(export_dir: Path) -> EnsembleSpec | None:
+    """The export's `members/ensemble.json`, or None without one.
+
+    Raises:
+        ContractError: it is unreadable or not what `edgekd export --members` writes.
+    """
+    path = export_dir / "members" / ENSEMBLE_FILE
+    return read_ensemble_spec(path) if path.is_file() else None
+
+
+def _readable_spec(export_dir: Path) -> EnsembleSpec | None:
+    """`ensemble_spec`, with a malformed file counting as none (bench still runs the
+    student; `run_bench` says why the ensemble has no rows)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):  # UnicodeDecodeError is a ValueError
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _student_precision(path: Path, card: dict[str, Any]) -> str:
-    """float32 / float16 / dynamic / int8 / int8-qat, from the card or else the file name."""
-    qat = "qat" in card or path.stem.endswith("-qat")
-    precision = card.get("precision")
-    if precision not in PRECISIONS:
-        stem = path.stem.removesuffix("-qat")
-        precision = next((p for s, p in _SUFFIX_PRECISION.items() if stem.endswith(s)), "float32")
-    return "int8-qat" if qat and precision == "int8" else precision
+        return ensemble_spec(export_dir)
+    except ContractError:
+        return None
 
 
 def find_targets(
@@ -244,20 +286,21 @@ def find_targets(
     targets: list[Target] = []
     for fmt in formats:
         found = []
-        paths = [p for suffix in FORMAT_SUFFIXES[fmt] for p in export_dir.glob(f"student*{suffix}")]
+        suffixes = FORMATS[fmt].suffixes
+        paths = [p for suffix in suffixes for p in export_dir.glob(f"student*{suffix}")]
         for path in sorted(paths):
-            card = _read_json(path.with_name(path.name + ".json"))
+            card = card_of(path)
             precision = _student_precision(path, card)
-            if precisions is not None and precision.removesuffix("-qat") not in precisions:
+            if precision is None or (
+                precisions is not None and precision.removesuffix(QAT_TAG) not in precisions
+            ):
                 continue
-            found.append(Target("student", fmt, precision, path, [path], path.stat().st_size, card))
+            size = path.stat().st_size
+            found.append(Target("student", fmt, precision, path, [path], size, card))
         targets += sorted(found, key=lambda t: (_PRECISION_ORDER[t.precision], t.path.name))
     members = export_dir / "members"
-    config = _read_json(members / "ensemble.json")
-    listed = config.get("members") if isinstance(config.get("members"), dict) else {}
-    entries = [listed.get("generalist", {}), *(listed.get("specialists") or [])]
-    well_formed = all(isinstance(e, dict) and isinstance(e.get("files", {}), dict) for e in entries)
-    if config and well_formed:
+    spec = _readable_spec(export_dir)
+    if spec is not None and spec.members is not None:
         from edgekd.runtime.ensemble import member_path
 
         # The gated ensemble runs on one runtime: LiteRT where it is benched, else ONNX.
@@ -266,20 +309,18 @@ def find_targets(
         wanted = [p for p in ENSEMBLE_PRECISIONS if p in (precisions or ENSEMBLE_PRECISIONS)]
         wanted = wanted or list(precisions or ())
         for precision in (p for p in PRECISIONS if p in wanted and fmt):
-            key = f"{fmt}/{precision}"
+            key = variant_key(fmt, precision)
             try:  # confined to members/, as the runner will insist
                 files = [
-                    member_path(members, e.get("files", {}).get(key), members / "ensemble.json", "")
-                    for e in entries
+                    member_path(members, available.get(key), members / ENSEMBLE_FILE, name)
+                    for name, available in spec.members.items()
                 ]
             except (ValueError, OSError):
                 continue  # a member file missing, or outside members/: no row for it
             size = sum(f.stat().st_size for f in files)
-            card: dict[str, Any] = {"members": len(files)}
-            params = [_read_json(f.with_name(f.name + ".json")).get("params") for f in files]
-            if all(isinstance(n, int) for n in params):
-                card["params"] = sum(params)  # all members; MACs per image depend on the gate
-            targets.append(Target("ensemble", fmt, precision, members, files, size, card))
+            params = [getattr(card_of(f), "params", None) for f in files]
+            total = sum(params) if all(n is not None for n in params) else None
+            targets.append(Target("ensemble", fmt, precision, members, files, size, params=total))
     return targets
 
 
@@ -298,7 +339,7 @@ class EvalImages:
 
 def read_classes(export_dir: Path) -> list[str]:
     """Class names from labels.txt (else members/ensemble.json, else a student card)."""
-    labels = export_dir / "labels.txt"
+    labels = export_dir / LABELS_FILE
     if labels.is_file():
         try:
             text = labels.read_text(encoding="utf-8")
@@ -307,10 +348,12 @@ def read_classes(export_dir: Path) -> list[str]:
         names = [line.strip() for line in text.splitlines() if line.strip()]
         if names:
             return names
-    for candidate in [export_dir / "members" / "ensemble.json", *export_dir.glob("student*.json")]:
-        names = _read_json(candidate).get("classes")
-        if names:
-            return [str(n) for n in names]
+    spec = _readable_spec(export_dir)
+    if spec is not None:
+        return list(spec.classes)
+    for card in _student_cards(export_dir):
+        if card.classes:
+            return list(card.classes)
     raise BenchError(f"{labels}: no such file; bench needs the class names of {export_dir}")
 
 
@@ -332,13 +375,13 @@ def _folder_images(
     per_class: int,
     size: tuple[int, int],
     *,
-    val_split: dict[str, Any] | None = None,
+    recipe: Recipe | None = None,
 ) -> tuple[np.ndarray, np.ndarray, str]:
     """First `per_class` images per class of an image folder, relabelled to `classes`.
 
-    With `val_split` (the run's recipe data section plus seed) the candidates are the run's
-    own validation images, chosen exactly as training chose them, so accuracy is measured on
-    images no model trained on; otherwise every image of the folder is a candidate.
+    With `recipe` (the run's, validated) the candidates are the run's own validation
+    images, chosen exactly as training chose them, so accuracy is measured on images no
+    model trained on; otherwise every image of the folder is a candidate.
     """
     from edgekd.data.folder import scan_folder
     from edgekd.data.split import choose_per_class, stratified_split
@@ -348,13 +391,12 @@ def _folder_images(
     chosen = np.arange(len(folder_labels))
     names = list(index.class_names)
     how = "first {n} per class, by file name"
-    if val_split is not None:
-        seed = int(val_split.get("seed", 0))
-        if val_split.get("limit_per_class"):
-            chosen = choose_per_class(folder_labels, int(val_split["limit_per_class"]), seed)
-        names = list(val_split.get("classes") or names)
+    if recipe is not None:
+        if recipe.data.limit_per_class:
+            chosen = choose_per_class(folder_labels, recipe.data.limit_per_class, recipe.seed)
+        names = list(recipe.data.classes or names)
     unknown = [n for n in index.class_names if n not in classes]
-    if unknown and val_split is None:
+    if unknown and recipe is None:
         raise DataError(
             f"{root}: class folder {unknown[0]!r} is not one of the model's classes "
             f"({', '.join(classes)})"
@@ -364,10 +406,10 @@ def _folder_images(
     relabelled = to_names[folder_labels[chosen]]
     keep = relabelled >= 0
     chosen, relabelled = chosen[keep], relabelled[keep]
-    if val_split is not None:
-        fraction = float(val_split.get("val_fraction") or 0.0)
+    if recipe is not None:
+        fraction = recipe.data.val_fraction
         if fraction > 0:
-            _, val = stratified_split(relabelled, fraction, seed)
+            _, val = stratified_split(relabelled, fraction, recipe.seed)
             chosen, relabelled = chosen[val], relabelled[val]
             how = "the run's validation split, first {n} per class"
         else:
@@ -385,27 +427,32 @@ def _folder_images(
     return _decode(paths, size), labels[pick], how.format(n=per_class)
 
 
-def _run_data(export_dir: Path) -> tuple[str, dict[str, Any], Path] | None:
-    """(data spec, recipe data section + seed, run dir) of the run that wrote `export_dir`."""
+def _run_recipe(export_dir: Path) -> tuple[Recipe, Path] | None:
+    """The validated recipe and the directory of the run that wrote `export_dir`: the
+    export's parent, else the run a student card names; None when neither has a recipe.
+
+    Raises:
+        BenchError: a recipe.yaml is there but does not validate (and no other one does).
+    """
+    from edgekd.recipe import load_recipe
+
     candidates = [export_dir.parent]
-    for card in [*sorted(export_dir.glob("student*.json")), export_dir / "export.json"]:
-        run = _read_json(card).get("run")
-        if run:
-            candidates.append(Path(run))
-            break
+    run = next((card.run for card in _student_cards(export_dir) if card.run), None)
+    if run:
+        candidates.append(Path(run))
+    errors: list[str] = []
     for run_dir in candidates:
-        recipe = run_dir / "recipe.yaml"
-        if recipe.is_file():
+        path = run_dir / "recipe.yaml"
+        if path.is_file():
             try:
-                raw = safe_yaml.load(recipe.read_bytes()) or {}
-            except (OSError, safe_yaml.YamlError):
-                continue
-            if not isinstance(raw, dict):
-                continue
-            data = dict(raw.get("data") or {})
-            if data.get("path"):
-                data["seed"] = raw.get("seed", 0)
-                return str(data["path"]), data, run_dir
+                return load_recipe(path), run_dir
+            except RecipeError as exc:
+                errors.append(str(exc))
+    if errors:
+        raise BenchError(
+            f"{errors[0]} (bench takes its images from the run's recipe: fix it, or pass "
+            "--data folder:PATH)"
+        )
     return None
 
 
@@ -425,35 +472,34 @@ def load_eval_images(
     from edgekd.data.source import parse_source
 
     per_class = max(1, limit // len(classes))
-    val_split, run_dir = None, export_dir.parent
+    recipe, run_dir = None, export_dir.parent
     if data_spec is None:
-        found = _run_data(export_dir)
+        found = _run_recipe(export_dir)
         if found is None:
             raise BenchError(
                 f"{export_dir}: no --data given and no run recipe beside the export to take "
                 "the images from; pass --data folder:PATH (one sub-folder per class)"
             )
-        data_spec, val_split, run_dir = found
+        recipe, run_dir = found
+        data_spec = recipe.data.path
     try:
         spec = parse_source(data_spec)
     except ValueError as exc:
         raise BenchError(f"--data {data_spec}: {exc}") from exc
     location = spec.location
-    if val_split is not None and not Path(location).is_absolute():
+    if recipe is not None and not Path(location).is_absolute():
         # Recipe paths are relative to where training ran; try the usual places.
         bases = [Path.cwd(), run_dir, run_dir.parent, run_dir.parent.parent]
         found_at = next((b / location for b in bases if (b / location).exists()), None)
         location = os.path.normpath(found_at) if found_at is not None else location
     if not Path(location).exists():
-        where = "--data" if val_split is None else f"{run_dir / 'recipe.yaml'} data.path"
+        where = "--data" if recipe is None else f"{run_dir / 'recipe.yaml'} data.path"
         raise DataError(
             f"{where} {data_spec}: {location} does not exist; pass --data folder:PATH, a "
             "folder with one sub-folder of images per class"
         )
     if spec.kind == "folder":
-        images, labels, how = _folder_images(
-            location, classes, per_class, size, val_split=val_split
-        )
+        images, labels, how = _folder_images(location, classes, per_class, size, recipe=recipe)
     elif spec.kind == "cifar":
         from edgekd.data.source import load_source
 
@@ -771,15 +817,14 @@ def _input_size(targets: Sequence[Target], export_dir: Path) -> tuple[int, int]:
     """(height, width) the models take, from a model card or ensemble.json."""
     # Any student card will do (all take the same images): an engine built on the device
     # has no card of its own, but the ONNX file it came from has.
-    cards = [t.card for t in targets]
-    cards += [_read_json(p) for p in sorted(export_dir.glob("student*.json"))]
+    cards = [t.card for t in targets if t.card is not None] + _student_cards(export_dir)
     for card in cards:
-        shape = (card.get("input") or {}).get("shape")
+        shape = card.input_shape
         if shape and len(shape) == 4 and shape[1] and shape[2]:
             return int(shape[1]), int(shape[2])
-    shape = (_read_json(export_dir / "members" / "ensemble.json").get("input") or {}).get("shape")
-    if shape and len(shape) == 3:
-        return int(shape[0]), int(shape[1])
+    spec = _readable_spec(export_dir)
+    if spec is not None and spec.input_shape is not None:
+        return spec.input_shape[0], spec.input_shape[1]
     from edgekd.runtime import load_runner  # no card: ask the file itself
 
     first = next(t for t in targets if t.model == "student") if targets else None
@@ -885,18 +930,24 @@ def run_bench(
     formats, notes = select_formats(export_dir, runtime)
     targets = find_targets(export_dir, formats, profile.precisions)
     if not targets:
-        patterns = [f"student*{s}" for f in formats for s in FORMAT_SUFFIXES[f]]
-        hint = "; on the device, *.trtexec.sh builds the engines" if "tensorrt" in formats else ""
+        patterns = [f"student*{s}" for f in formats for s in FORMATS[f].suffixes]
+        hint = ""
+        if "tensorrt" in formats:
+            hint = f"; on the device, *{TRTEXEC_SUFFIX} builds the engines"
         raise BenchError(
-            f"{export_dir}: no {'/'.join(patterns)} files and no members/ensemble.json to bench "
-            f"(edgekd export RUN writes them{hint})"
+            f"{export_dir}: no {'/'.join(patterns)} files and no members/{ENSEMBLE_FILE} to "
+            f"bench (edgekd export RUN writes them{hint})"
         )
     if not any(t.model == "ensemble" for t in targets):
-        if (export_dir / "members" / "ensemble.json").is_file():
-            notes.append(
-                "no gated ensemble rows: it runs on LiteRT or ONNX Runtime, and members/ has "
-                f"no files for {', '.join(formats)} at the precisions benched"
-            )
+        if (export_dir / "members" / ENSEMBLE_FILE).is_file():
+            try:
+                ensemble_spec(export_dir)
+                notes.append(
+                    "no gated ensemble rows: it runs on LiteRT or ONNX Runtime, and members/ "
+                    f"has no files for {', '.join(formats)} at the precisions benched"
+                )
+            except ContractError as exc:
+                notes.append(f"no gated ensemble rows: {exc}")
         else:
             notes.append(
                 "no gated ensemble rows: the export has no members/ (edgekd export --members)"
@@ -937,7 +988,7 @@ def run_bench(
                 if target.model == "student" else "members/",
                 "files": [f.name for f in target.files],
                 "size_bytes": target.size_bytes,
-                **{k: target.card[k] for k in ("params", "macs") if k in target.card},
+                **target.counts,
                 **{k: v for k, v in result.items() if k != "predictions"},
             }  # fmt: skip
             if "predictions" in result:

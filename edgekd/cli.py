@@ -9,6 +9,7 @@ import sys
 
 import click
 
+from edgekd.bench import DEFAULT_BATCH, DEFAULT_LIMIT
 from edgekd.errors import EdgekdError, RunDirError
 from edgekd.native_log import NativeLogFilter
 
@@ -204,12 +205,15 @@ def export(
 @click.option(
     "--limit",
     type=click.IntRange(min=1),
-    default=1000,
+    default=DEFAULT_LIMIT,
     show_default=True,
     help="Images for accuracy and throughput: the first LIMIT/K of each class.",
 )
 @click.option(
-    "--batch", type=click.IntRange(min=1), default=None, help="Throughput batch. [default: 32]"
+    "--batch",
+    type=click.IntRange(min=1),
+    default=None,
+    help=f"Throughput batch. [default: the device profile's, else {DEFAULT_BATCH}]",
 )
 @click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True)
 @click.option(

@@ -196,15 +196,36 @@ class Distiller(keras.Model):
             loss = loss + ops.sum(self.losses)
         return replica_share(loss)
 
+    def compile(self, optimizer: Any = "rmsprop", loss: Any = None, **kwargs: Any) -> None:
+        """Keras' `compile` without `loss`/`loss_weights`, which `compute_loss` would ignore."""
+        for arg, value in (("loss", loss), ("loss_weights", kwargs.get("loss_weights"))):
+            if value is not None:
+                raise ValueError(
+                    f"Distiller.compile() does not take {arg}=: the Distiller computes its own "
+                    "loss; set it in the constructor (temperature=, soft_weight=, target=, "
+                    "label_smoothing=)"
+                )
+        super().compile(optimizer=optimizer, **kwargs)
+
+    def compile_from_config(self, config: dict[str, Any]) -> None:
+        """Recompile on `load_model`, as Keras does (it skips models that override `compile`)."""
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if self.optimizer is not None and self.built:
+            self.optimizer.build(self.trainable_variables)  # so the saved slots can load
+
     def get_config(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "student": keras.saving.serialize_keras_object(self.student),
-            "temperature": self.temperature.get_config(),
-            "soft_weight": self.soft_weight.get_config(),
-            "target": self.target,
-            "label_smoothing": self.label_smoothing,
-        }
+        """Keras' base config (name, trainable, dtype) plus the student and the loss settings."""
+        config = super().get_config()
+        config.update(
+            {
+                "student": keras.saving.serialize_keras_object(self.student),
+                "temperature": self.temperature.get_config(),
+                "soft_weight": self.soft_weight.get_config(),
+                "target": self.target,
+                "label_smoothing": self.label_smoothing,
+            }
+        )
+        return config
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Distiller:

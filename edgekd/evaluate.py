@@ -373,23 +373,22 @@ def _seed_summary(run, images, correct: Mapping[str, np.ndarray]) -> SeedSummary
 def _exported_int8(run, images: np.ndarray) -> dict[str, np.ndarray]:
     """Scores of the run's exported int8 .tflite files of the student or its control, run by
     LiteRT, so the int8-vs-float comparison is paired on the same images."""
-    import json
-
+    from edgekd.contract import ContractError, card_path, file_name, read_card
     from edgekd.runtime import load_runner
 
     export_dir = run.path / "export"
     names = {"model": "distilled int8", "control_model": "hard-label int8"}
     trained = run.stage("student").finished or ""
     out: dict[str, np.ndarray] = {}
-    for card_path in sorted(export_dir.glob("*-int8.tflite.json")):
+    for path in sorted(export_dir.glob(card_path(file_name("*", "tflite", "int8")).name)):
         try:
-            card = json.loads(card_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            card = read_card(path)
+        except ContractError:  # not a card this version can read: not one to compare
             continue
-        name = names.get(card.get("artifact", "")) if card.get("stage") == "student" else None
-        tflite = export_dir / str(card.get("file", ""))
+        name = names.get(card.artifact or "") if card.stage == "student" else None
+        tflite = export_dir / (card.file or "")
         # A file exported before the student was last trained is of another model.
-        stale = str(card.get("created", "")) < trained
+        stale = (card.created or "") < trained
         if name is None or name in out or stale or not tflite.is_file():
             continue
         out[name] = load_runner(tflite, batch_size=64).predict(images)

@@ -17,6 +17,7 @@ and the specialists in the same formats plus `ensemble.json`.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,19 +26,38 @@ from typing import Any
 import numpy as np
 
 from edgekd import atomic
+from edgekd.contract import (
+    ENSEMBLE_FILE,
+    FORMATS,
+    GENERALIST,
+    LABELS_FILE,
+    TRTEXEC_SUFFIX,
+    ModelCard,
+    card_path,
+    file_name,
+    member_names,
+    supports,
+    variant_key,
+    write_card,
+    write_ensemble_spec,
+)
 from edgekd.errors import EdgekdError, RunDirError
 from edgekd.evaluate import format_table
 from edgekd.recipe import ExportConfig, Recipe, apply_overrides, build_recipe
 from edgekd.run import RunDir, now, package_versions
 
-# Which precisions each format can hold; others are skipped with a note.
-SUPPORTED = {
-    "tflite": ("float32", "float16", "dynamic", "int8"),
-    "onnx": ("float32", "int8"),
-    "tensorrt": ("float32", "float16", "int8"),
-    "saved_model": ("float32",),
+# The back-end of each format (edgekd.contract.FORMATS says which precisions it holds and
+# how its files are named): a module whose `convert(model, path, *, precision, calibration,
+# io_dtype, reuse)` writes one file. Imported on first use: they need TensorFlow.
+CONVERTERS: dict[str, str] = {
+    "tflite": "edgekd.converters.tflite",
+    "onnx": "edgekd.converters.onnx",
+    "tensorrt": "edgekd.converters.tensorrt",
+    "saved_model": "edgekd.converters.saved_model",
 }
-SUFFIX = {"float32": "", "float16": "-fp16", "dynamic": "-dynamic", "int8": "-int8"}
+# Formats whose files export runs here for the parity check (a TensorRT engine is built
+# and run on the device; a SavedModel is what the Keras model already computes).
+PARITY_FORMATS = ("tflite", "onnx")
 # The run stage and artifact holding each exportable model.
 MODELS = {
     "student": ("student", "model"),
@@ -158,7 +178,7 @@ def export_run(
             val = val.subset(np.sort(keep))
         out_dir = Path(out) if out else run.path / "export"
         out_dir.mkdir(parents=True, exist_ok=True)
-        atomic.write_text(out_dir / "labels.txt", "\n".join(data.class_names) + "\n")
+        atomic.write_text(out_dir / LABELS_FILE, "\n".join(data.class_names) + "\n")
         context = {"run": str(run.path), "recipe": recipe.name, "classes": data.class_names}
 
         from edgekd.trainer import predict_logits
@@ -221,32 +241,47 @@ def export_model(
         reference = predict_logits(model, images)
     stats = model_summary_stats(model)
     variants: list[Variant] = []
-    onnx_float: Path | None = None
+    written: dict[str, Path] = {}  # this model's files so far, by format/precision
     unsupported = [
-        f"{fmt} {p}" for fmt in cfg.formats for p in cfg.precisions if p not in SUPPORTED[fmt]
+        f"{fmt} {p}" for fmt in cfg.formats for p in cfg.precisions if not supports(fmt, p)
     ]
     if unsupported:
         log(f"[export] {name}: no such variant, skipped: {', '.join(unsupported)}")
     for fmt in cfg.formats:
         for precision in cfg.precisions:
-            if precision not in SUPPORTED[fmt]:
+            if not supports(fmt, precision):
                 continue
+            io = cfg.int8_io if precision in FORMATS[fmt].integer_io else "float32"
             t0 = time.perf_counter()
             try:
-                path, note = _convert(model, name, fmt, precision, out_dir, cfg, calib, onnx_float)
+                convert = importlib.import_module(CONVERTERS[fmt]).convert
+                path = convert(
+                    model, out_dir / file_name(name, fmt, precision), precision=precision,
+                    calibration=calib, io_dtype=io, reuse=written,
+                )  # fmt: skip
             except ImportError as exc:
                 variants.append(Variant(name, fmt, precision, None, note=f"skipped: {exc}"))
                 continue
-            if fmt == "onnx" and precision == "float32":
-                onnx_float = path
-            variant = Variant(name, fmt, precision, path, note=note)
+            written[variant_key(fmt, precision)] = path
+            variant = Variant(name, fmt, precision, path, note=_note(fmt, precision, io, path))
             variant.card = check_and_card(
-                path, fmt, precision, {**context, "model": name, "params": stats["params"],
-                "macs": stats["macs"], "convert_s": round(time.perf_counter() - t0, 1)},
+                path, fmt, precision, {**context, "model": name, "params": int(stats["params"]),
+                "macs": int(stats["macs"]), "convert_s": round(time.perf_counter() - t0, 1)},
                 cfg, images, labels, reference, log,
             )  # fmt: skip
             variants.append(variant)
     return variants
+
+
+def _note(fmt: str, precision: str, io_dtype: str, path: Path) -> str:
+    """What the summary table says about a file beyond its format and precision."""
+    if path.name.endswith(TRTEXEC_SUFFIX):
+        return "tensorrt not installed: build on the device with " + path.name
+    if fmt == "tensorrt":
+        return "TensorRT"
+    if precision in FORMATS[fmt].integer_io:
+        return f"{io_dtype} I/O"
+    return "Q/DQ" if (fmt, precision) == ("onnx", "int8") else ""
 
 
 def check_and_card(
@@ -260,27 +295,33 @@ def check_and_card(
     reference: np.ndarray,
     log: Any = print,
 ) -> dict[str, Any]:
-    """Run one exported file with its runtime against the Keras reference; write its card."""
+    """Run one exported file with its runtime against the Keras reference; write its card.
+
+    Returns the card as JSON types (`edgekd.contract.ModelCard.to_json`).
+    """
     from edgekd.runtime import load_runner
 
-    card: dict[str, Any] = {
-        **context,
-        "format": fmt,
-        "precision": precision,
-        "file": path.name,
-        "created": now(),
-        "labels": "labels.txt",
-        "edgekd": package_versions().get("edgekd"),
-    }
-    if path.is_file() and path.suffix != ".sh":
-        card["size_bytes"] = path.stat().st_size
-        card["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
-    if fmt in ("tflite", "onnx"):
+    card = ModelCard.from_json(
+        {
+            **context,
+            "format": fmt,
+            "precision": precision,
+            "file": path.name,
+            "created": now(),
+            "labels": LABELS_FILE,
+            "edgekd": package_versions().get("edgekd"),
+        },
+        card_path(path),
+    )
+    if path.is_file() and not path.name.endswith(TRTEXEC_SUFFIX):
+        card.size_bytes = path.stat().st_size
+        card.sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
+    if fmt in PARITY_FORMATS:
         runner = load_runner(path, threads=cfg.threads, batch_size=min(64, len(images)) or 1)
-        card["runtime"] = getattr(runner, "runtime", "")
-        card["input"] = {**runner.input.__dict__, "layout": "NHWC", "pixels": "RGB 0..255"}
-        card["output"] = {**runner.output.__dict__, "meaning": "logits, labels.txt order"}
-        card["parity"] = p = parity(runner, images, labels, reference, cfg.tolerance_pp)
+        card.runtime = getattr(runner, "runtime", "")
+        card.input = {**runner.input.__dict__, "layout": "NHWC", "pixels": "RGB 0..255"}
+        card.output = {**runner.output.__dict__, "meaning": f"logits, {LABELS_FILE} order"}
+        card.parity = p = parity(runner, images, labels, reference, cfg.tolerance_pp)
         log(
             f"[export] {path.name}: {100 * p['accuracy']:.2f}% (Keras "
             f"{100 * p['keras_accuracy']:.2f}%), agreement {100 * p['top1_agreement']:.2f}%, "
@@ -290,63 +331,10 @@ def check_and_card(
     if fmt == "onnx" and precision == "int8":
         from edgekd.converters.onnx import describe_qdq
 
-        card["qdq"] = describe_qdq(path)
+        card.qdq = describe_qdq(path)
     if path.exists():
-        atomic.write_json(path.with_name(path.name + ".json"), card)
-    return card
-
-
-def _convert(
-    model: Any,
-    name: str,
-    fmt: str,
-    precision: str,
-    out_dir: Path,
-    cfg: ExportConfig,
-    calib: np.ndarray,
-    onnx_float: Path | None,
-) -> tuple[Path, str]:
-    """Write one file; returns its path and a note for the table."""
-    base = out_dir / f"{name}{SUFFIX[precision]}"
-    if fmt == "tflite":
-        from edgekd.converters.tflite import export_tflite
-
-        io = cfg.int8_io if precision == "int8" else "float32"
-        path = export_tflite(
-            model, base.with_suffix(".tflite"), precision=precision,
-            representative=calib if precision == "int8" else None, io_dtype=io,
-        )  # fmt: skip
-        return path, f"{io} I/O" if precision == "int8" else ""
-    if fmt == "onnx":
-        from edgekd.converters.onnx import export_onnx, quantize_onnx_int8
-
-        float_path = out_dir / f"{name}.onnx"
-        if precision == "float32":
-            return export_onnx(model, float_path), ""
-        if onnx_float is None:
-            onnx_float = export_onnx(model, float_path)
-        return quantize_onnx_int8(onnx_float, base.with_suffix(".onnx"), calib), "Q/DQ"
-    if fmt == "tensorrt":
-        from edgekd.converters import tensorrt as trt
-
-        onnx_path = out_dir / f"{name}{'-int8' if precision == 'int8' else ''}.onnx"
-        if not onnx_path.is_file():
-            from edgekd.converters.onnx import export_onnx, quantize_onnx_int8
-
-            float_path = onnx_float or export_onnx(model, out_dir / f"{name}.onnx")
-            if precision == "int8":
-                quantize_onnx_int8(float_path, onnx_path, calib)
-        engine = base.with_suffix(".engine")
-        if trt.tensorrt_available():
-            return trt.build_engine(onnx_path, engine, _trt_precision(precision)), "TensorRT"
-        script = trt.write_trtexec_script(onnx_path, engine, _trt_precision(precision))
-        return script, "tensorrt not installed: build on the device with " + script.name
-    if fmt == "saved_model":
-        path = out_dir / f"{name}_saved_model"
-        with atomic.atomic_path(path) as tmp:
-            model.export(str(tmp), format="tf_saved_model", verbose=False)
-        return path, ""
-    raise ValueError(f"unknown format {fmt!r}")
+        write_card(path, card)
+    return card.to_json()
 
 
 def _export_qat(
@@ -381,7 +369,7 @@ def _export_qat(
         log(f"[export] QAT: teacher targets for {len(data.train)} training images")
         probs = load_gated_ensemble(run.path).predict(data.train.images).probs
         soft = np.asarray(temper(probs, temperature), np.float32)
-    path = out_dir / f"{cfg.model}-int8-qat.tflite"
+    path = out_dir / file_name(cfg.model, "tflite", "int8", qat=True)
     t0 = time.perf_counter()
     info = qat_int8_tflite(
         model, path, arch=section.arch, width=section.width,
@@ -389,23 +377,19 @@ def _export_qat(
         images=data.train.images, labels=data.train.labels, soft_targets=soft,
         temperature=float(temperature), soft_weight=float(lam), epochs=cfg.qat_epochs,
         batch_size=section.batch_size, lr=cfg.qat_lr, calibration=calib, io_dtype=cfg.int8_io,
-        seed=recipe.seed, log=log,
+        label_smoothing=section.label_smoothing, seed=recipe.seed, log=log,
     )  # fmt: skip
     from edgekd.models import model_summary_stats
 
     stats = model_summary_stats(model)
     card = check_and_card(
-        path, "tflite", "int8", {**context, "model": cfg.model, "params": stats["params"],
-        "macs": stats["macs"], "convert_s": round(time.perf_counter() - t0, 1),
+        path, "tflite", "int8", {**context, "model": cfg.model, "params": int(stats["params"]),
+        "macs": int(stats["macs"]), "convert_s": round(time.perf_counter() - t0, 1),
         "qat": {k: v for k, v in info.items() if k != "path"}},
         cfg, val.images, val.labels, reference, log,
     )  # fmt: skip
     variant = Variant(cfg.model, "tflite", "int8", path, card=card, note="QAT")
     return variant
-
-
-def _trt_precision(precision: str) -> str:
-    return {"float32": "fp32", "float16": "fp16", "int8": "int8"}[precision]
 
 
 def _export_members(
@@ -420,52 +404,30 @@ def _export_members(
 ) -> list[Variant]:
     """The generalist and every specialist, plus `ensemble.json` naming their files."""
     from edgekd.ensemble.gated import load_gated_ensemble
+    from edgekd.stages.specialists import specialist_labels
 
     ensemble = load_gated_ensemble(run.path)
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(out_dir / "labels.txt", "\n".join(context["classes"]) + "\n")
-    members = {"generalist": ensemble.generalist}
-    members.update({f"specialist_{m}": s for m, s in enumerate(ensemble.specialists)})
+    atomic.write_text(out_dir / LABELS_FILE, "\n".join(context["classes"]) + "\n")
+    names = member_names(len(ensemble.groups))
+    models = [ensemble.generalist, *ensemble.specialists]
     variants: list[Variant] = []
-    files: dict[str, dict[str, str]] = {}
-    for member, model in members.items():
-        if member == "generalist":
+    files: dict[str, dict[str, str]] = {name: {} for name in names}
+    for m, (member, model) in enumerate(zip(names, models, strict=True), start=-1):
+        if member == GENERALIST:
             labels = val.labels
         else:
-            from edgekd.stages.specialists import specialist_labels
-
-            m = int(member.split("_")[1])
             labels = specialist_labels(val.labels, ensemble.groups[m], ensemble.num_classes)
         got = export_model(
             model, member, out_dir, cfg, calib, val.images, labels,
-            {**context, "stage": "generalist" if member == "generalist" else "specialists"}, log,
+            {**context, "stage": "generalist" if member == GENERALIST else "specialists"}, log,
         )  # fmt: skip
         for v in got:
             if v.path is not None:
-                files.setdefault(member, {})[f"{v.format}/{v.precision}"] = v.path.name
+                files[member][variant_key(v.format, v.precision)] = v.path.name
         variants += got
-    config = ensemble.config(context["classes"])
-    config["members"] = {
-        "generalist": {"files": files.get("generalist", {}), "outputs": context["classes"]},
-        "specialists": [
-            {
-                "files": files.get(f"specialist_{m}", {}),
-                "classes": [context["classes"][c] for c in group],
-                "outputs": [context["classes"][c] for c in group]
-                + (["<dustbin>"] if ensemble.dustbin else []),
-            }
-            for m, group in enumerate(ensemble.groups)
-        ],
-    }
-    config["dustbin_layout"] = (
-        "each specialist's last output is the dustbin (every class outside its group); its "
-        "prior correction is already inside the exported logits"
-        if ensemble.dustbin
-        else "no dustbin: specialists output their own classes only"
-    )
-    config["fusion"].update({"tol": 1e-6, "eps": 1e-12, "start": "em step from observed weights"})
-    config["input"] = {"layout": "NHWC", "pixels": "RGB 0..255", "shape": list(calib.shape[1:])}
-    atomic.write_json(out_dir / "ensemble.json", config)
+    spec = ensemble.spec(context["classes"], members=files, input_shape=tuple(calib.shape[1:]))
+    write_ensemble_spec(out_dir / ENSEMBLE_FILE, spec)
     return variants
 
 

@@ -7,24 +7,25 @@ here imports TensorFlow or Keras, only numpy, Pillow and `edgekd.runtime`.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from edgekd.contract import ENSEMBLE_FILE, LABELS_FILE, ContractError, card_of, file_name, format_of
 from edgekd.errors import DataError, EdgekdError, reason
 from edgekd.images import read_rgb
 
 # Which file an export folder's prediction uses, best first: the int8 student is the one a
 # device ships; float32 is the fallback when int8 was not exported.
-STUDENT_PREFERENCE = (
-    "student-int8.tflite",
-    "student.tflite",
-    "student-int8.onnx",
-    "student.onnx",
+STUDENT_PREFERENCE = tuple(
+    file_name("student", fmt, precision)
+    for fmt in ("tflite", "onnx")
+    for precision in ("int8", "float32")
 )
+# The formats a file given by path may be in: those with a runtime here.
+_RUNNABLE = ("tflite", "onnx", "tensorrt")
 
 
 class ModelError(EdgekdError):
@@ -46,7 +47,7 @@ def members_folder(path: str | Path) -> Path | None:
     """The folder holding `ensemble.json`: `path` itself or its `members/`, else None."""
     p = Path(path)
     for folder in (p, p / "members"):
-        if (folder / "ensemble.json").is_file():
+        if (folder / ENSEMBLE_FILE).is_file():
             return folder
     return None
 
@@ -65,7 +66,7 @@ def resolve_model(path: str | Path) -> Path:
         )
     if not p.exists():
         raise ModelError(f"{p}: no such model file or export folder")
-    if p.suffix.lower() not in (".tflite", ".onnx", ".engine", ".plan"):
+    if format_of(p) not in _RUNNABLE:
         raise ModelError(
             f"{p}: unknown model format {p.suffix!r} (expected .tflite, .onnx, or a TensorRT "
             ".engine/.plan)"
@@ -75,7 +76,7 @@ def resolve_model(path: str | Path) -> Path:
 
 def read_labels(model: Path, num_outputs: int | None = None) -> list[str]:
     """Class names for `model`: labels.txt beside it, else the classes of its model card."""
-    labels_file = model.parent / "labels.txt"
+    labels_file = model.parent / LABELS_FILE
     if labels_file.is_file():
         try:
             text = labels_file.read_text(encoding="utf-8")
@@ -83,13 +84,11 @@ def read_labels(model: Path, num_outputs: int | None = None) -> list[str]:
             raise ModelError(f"{labels_file}: unreadable ({reason(exc)})") from None
         names = [line.strip() for line in text.splitlines() if line.strip()]
     else:
-        card = model.with_name(model.name + ".json")
-        names = []
-        if card.is_file():
-            try:
-                names = [str(c) for c in json.loads(card.read_text()).get("classes", [])]
-            except (OSError, ValueError):
-                names = []
+        try:
+            card = card_of(model)
+        except ContractError as exc:
+            raise ModelError(str(exc)) from None
+        names = list(card.classes or ()) if card is not None else []
         if not names:
             raise ModelError(
                 f"{labels_file}: no such file (needed to name {model.name}'s outputs); copy "
@@ -173,7 +172,7 @@ def predict_files(
             f"{model_or_export}: no ensemble.json here or in its members/ folder; export the "
             "ensemble with `edgekd export RUN --members`"
         )
-    use_ensemble = ensemble or (Path(model_or_export) / "ensemble.json").is_file()
+    use_ensemble = ensemble or (Path(model_or_export) / ENSEMBLE_FILE).is_file()
     model = members if use_ensemble else resolve_model(model_or_export)
     for p in images:  # name a missing file before loading anything
         if not Path(p).is_file():

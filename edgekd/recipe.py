@@ -22,6 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from edgekd import safe_yaml
+from edgekd.contract import FORMATS, FUSION_ITERATIONS, PRECISIONS
 from edgekd.errors import RecipeError
 
 STAGES: tuple[str, ...] = (
@@ -196,7 +197,7 @@ class EnsembleConfig(_Section):
     confidence: float | None = Field(
         None, gt=0.0, le=1.0, description="no specialist runs above this generalist confidence"
     )
-    fusion_iterations: int = Field(50, ge=1, le=10_000)
+    fusion_iterations: int = Field(FUSION_ITERATIONS, ge=1, le=10_000)
     batch_size: int = Field(256, ge=1)
     flip_average: bool = Field(
         False,
@@ -296,8 +297,10 @@ class BudgetConfig(_Section):
         return self
 
 
-EXPORT_FORMATS = ("tflite", "onnx", "tensorrt", "saved_model")
-EXPORT_PRECISIONS = ("float32", "float16", "dynamic", "int8")
+# The exported-model contract's vocabulary (edgekd.contract.FORMATS); a pair a format does
+# not hold (onnx dynamic) is skipped by export with a note.
+EXPORT_FORMATS: tuple[str, ...] = tuple(FORMATS)
+EXPORT_PRECISIONS: tuple[str, ...] = PRECISIONS
 
 
 class ExportConfig(_Section):
@@ -306,10 +309,8 @@ class ExportConfig(_Section):
     model: Literal["student", "control", "generalist"] = Field(
         "student", description="student: the distilled one; control: its hard-label twin"
     )
-    formats: tuple[Literal["tflite", "onnx", "tensorrt", "saved_model"], ...] = Field(
-        ("tflite", "onnx"), min_length=1
-    )
-    precisions: tuple[Literal["float32", "float16", "dynamic", "int8"], ...] = Field(
+    formats: tuple[Literal[EXPORT_FORMATS], ...] = Field(("tflite", "onnx"), min_length=1)
+    precisions: tuple[Literal[EXPORT_PRECISIONS], ...] = Field(
         ("float32", "int8"),
         min_length=1,
         description="dynamic: int8 weights, float activations (TFLite only)",

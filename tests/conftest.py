@@ -54,6 +54,19 @@ def smoke_trained(tmp_path_factory, cifar_jpeg) -> tuple[Path, subprocess.Comple
     return run_dir, proc, wall
 
 
+@pytest.fixture(scope="session")
+def smoke_exported(smoke_trained, tmp_path_factory) -> Path:
+    """A copy of the session's smoke run exported once, as a user runs it: the student and
+    every member (generalist, specialists) as float32 and int8 .tflite and .onnx, in
+    RUN/export/ and RUN/export/members/. Tests read it; none may change it."""
+    run_dir = smoke_copy(smoke_trained, tmp_path_factory.mktemp("runs") / "smoke-exported")
+    proc = run_cli(
+        "export", str(run_dir), "--float", "--int8", "--format", "tflite,onnx", "--members"
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir
+
+
 def smoke_copy(smoke_trained, destination: Path) -> Path:
     """A private copy of the session's smoke run at `destination`."""
     shutil.copytree(smoke_trained[0], destination)

@@ -2,9 +2,10 @@
 
 The commands run in a subprocess where importing tensorflow or keras fails (both set to
 None in sys.modules before the CLI loads; bench's per-model child processes inherit the
-block). The export folder is tiny and built here: an untrained 16x16 ResNet-10 as float32
-and int8 .tflite, a hand-made .onnx that reads the colour of the synthetic images, and a
-members/ folder whose generalist and specialist reuse the student files.
+block). The export folder is tiny and built here: a 16x16 ResNet-10 trained for a few steps
+on the synthetic colours, as float32 and int8 .tflite, a hand-made .onnx that reads the
+colour of the synthetic images, and a members/ folder whose generalist and specialist reuse
+the student files.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from edgekd import bench
 from edgekd.bench import BenchError, device_profiles, find_targets, load_profile, select_formats
 from edgekd.errors import DataError
 from tests.conftest import REPO
-from tests.synthetic import make_folder
+from tests.synthetic import COLOURS, make_folder
 
 SHAPE = (16, 16, 3)
 CLASSES = ["class_0", "class_1", "class_2"]
@@ -83,11 +84,22 @@ def images(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def export_dir(tmp_path_factory, images) -> Path:
     """student.tflite, student-int8.tflite, student.onnx, labels.txt, cards, members/."""
+    import keras
+
     from edgekd.converters.tflite import export_tflite
     from edgekd.models import build_model
 
     out = tmp_path_factory.mktemp("export")
+    keras.utils.set_random_seed(0)
     model = build_model("resnet10", num_classes=3, width=4, input_shape=SHAPE)
+    # A few steps on the synthetic colours, so that its answers differ by image and class
+    # and the accuracy bench reports has something to get wrong.
+    rng = np.random.default_rng(1)
+    y = np.repeat(np.arange(3), 32)
+    x = np.clip(np.array(COLOURS[:3])[y][:, None, None] + rng.normal(0, 40, (96, *SHAPE)), 0, 255)
+    model.compile(keras.optimizers.SGD(0.05, momentum=0.9),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))  # fmt: skip
+    model.fit(x.astype(np.float32), y, batch_size=16, epochs=2, verbose=0)
     calibration = np.random.default_rng(0).integers(0, 256, (16, *SHAPE), dtype=np.uint8)
     export_tflite(model, out / "student.tflite")
     export_tflite(
@@ -138,6 +150,34 @@ def export_dir(tmp_path_factory, images) -> Path:
     return out
 
 
+def _answers(export_dir: Path, images: Path, per_class: int) -> dict[tuple, dict]:
+    """Each model's top-1 on the images bench documents it takes without a run (the first
+    `per_class` files of each class folder, by name), computed here through the runtimes
+    directly: {(model, precision, format): {"pred", "labels", "active"}}."""
+    from edgekd.predict import read_image
+    from edgekd.runtime import load_runner
+    from edgekd.runtime.ensemble import EnsembleRunner
+
+    files = [(f, c) for c, name in enumerate(CLASSES)
+             for f in sorted((images / name).iterdir())[:per_class]]  # fmt: skip
+    x = np.stack([read_image(f, SHAPE[:2]) for f, _ in files])
+    labels = np.array([c for _, c in files])
+    out = {}
+    for name, precision in (("student.tflite", "float32"), ("student-int8.tflite", "int8"),
+                            ("student.onnx", "float32")):  # fmt: skip
+        if (export_dir / name).exists():
+            pred = load_runner(export_dir / name).predict(x).argmax(1)
+            out["student", precision, name.rsplit(".", 1)[1]] = {"pred": pred, "labels": labels}
+    for precision in ("float32", "int8"):
+        result = EnsembleRunner(export_dir / "members", precision=precision).predict(x)
+        out["ensemble", precision, "tflite"] = {
+            "pred": result.probs.argmax(1),
+            "labels": labels,
+            "active": result.active,
+        }
+    return out
+
+
 def test_bench_without_tensorflow(export_dir, images, tmp_path):
     report_path = tmp_path / "bench.json"
     proc = run_no_tf(
@@ -161,7 +201,6 @@ def test_bench_without_tensorflow(export_dir, images, tmp_path):
     assert report["data"]["images"] == 12  # 12 // 3 classes = 4 per class
     for key, row in rows.items():
         assert "error" not in row, (key, row.get("error"))
-        assert 0.0 <= row["accuracy"] <= 1.0
         lat = row["latency_ms"]
         assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"]
         assert row["size_bytes"] > 0 and row["throughput_ips"] > 0
@@ -173,8 +212,22 @@ def test_bench_without_tensorflow(export_dir, images, tmp_path):
         assert rows["student", "float32", "onnx"]["accuracy"] == 1.0  # reads the colour
     ens = rows["ensemble", "float32", "tflite"]
     assert ens["size_bytes"] == 2 * rows["student", "float32", "tflite"]["size_bytes"]
-    assert 1.0 <= ens["members_per_image"] <= 2.0
     assert len(ens["activation_rate"]) == 1
+    # Accuracy, activation and agreement as the same files give them here on the same images.
+    want = _answers(export_dir, images, per_class=4)
+    assert len(set(want["student", "float32", "tflite"]["pred"])) > 1  # not one answer for all
+    for key, row in rows.items():
+        w = want[key]
+        assert row["accuracy"] == pytest.approx(float((w["pred"] == w["labels"]).mean())), key
+        if key[0] == "ensemble":
+            assert row["activation_rate"] == pytest.approx(w["active"].mean(0).tolist()), key
+            members = 1.0 + float(w["active"].sum(1).mean())
+            assert row["members_per_image"] == pytest.approx(members), key
+        else:
+            for precision, agreement in row.get("agreement_with", {}).items():
+                other = want["ensemble", precision, key[2]]["pred"]
+                assert agreement == pytest.approx(float((w["pred"] == other).mean())), key
+    assert set(rows["student", "int8", "tflite"]["agreement_with"]) == {"float32", "int8"}
     assert any(c["student"] == "int8 tflite" for c in report["comparisons"])
     assert "student int8 tflite vs gated ensemble float32 tflite" in out
     assert "faster at p50" in out and "pp" in out

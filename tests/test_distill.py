@@ -153,11 +153,52 @@ def test_save_keeps_student_not_teacher(tmp_path):
     student.save(tmp_path / "s.keras")
     back = keras.models.load_model(tmp_path / "d.keras")
     assert isinstance(back, Distiller) and back.temperature.get_config()["shape"] == "cosine"
+    # Recompiled on load despite the overridden compile(): the optimizer state comes back.
+    assert back.compiled and int(back.optimizer.iterations) == int(d.optimizer.iterations) > 0
+    for a, b in zip(back.optimizer.variables, d.optimizer.variables, strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b))
     np.testing.assert_allclose(back.student.predict(x, verbose=0), student.predict(x, verbose=0))
     with pytest.raises(ValueError, match="give it a teacher"):
         back.teacher(x)
     alone = keras.models.load_model(tmp_path / "s.keras")
     assert len(alone.weights) == len(student.weights)  # no teacher weights travel with it
+
+
+def test_compile_refuses_a_loss_and_keeps_the_rest():
+    student = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
+    d = Distiller(student, None, soft_weight=0.0)
+    for kwargs in ({"loss": "sparse_categorical_crossentropy"}, {"loss_weights": [1.0]}):
+        with pytest.raises(ValueError, match=r"loss.*constructor.*temperature=.*soft_weight="):
+            d.compile(optimizer="sgd", **kwargs)
+    with pytest.raises(ValueError, match="loss="):
+        d.compile("sgd", "mse")  # positionally too
+    d.compile(
+        optimizer=keras.optimizers.SGD(0.1),
+        loss=None,
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        jit_compile=False,
+        steps_per_execution=2,
+    )
+    logs = d.train_on_batch(np.ones((4, 2), np.float32), np.zeros(4, int), return_dict=True)
+    assert {"loss", "hard_loss", "accuracy"} <= set(logs)
+
+
+def test_config_builds_on_keras_base_config():
+    student = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)], name="stu")
+    d = Distiller(student, student, temperature=Ramp(5.0, 2.0, 50), soft_weight=0.3,
+                  target="members", label_smoothing=0.1, name="dd", trainable=False)  # fmt: skip
+    config = d.get_config()
+    base = keras.Model.get_config(d)  # what Keras itself records (name, trainable, dtype)
+    assert {"name", "trainable", "dtype"} <= set(base)
+    assert {k: config[k] for k in base} == base
+    back = Distiller.from_config(config)
+    assert back.name == "dd" and back.trainable is False
+    assert back.dtype_policy.name == d.dtype_policy.name
+    assert back.target == "members" and back.label_smoothing == 0.1
+    assert back.temperature.get_config() == d.temperature.get_config()
+    assert back.soft_weight.get_config() == d.soft_weight.get_config()
+    assert back.student.name == "stu"
+    assert back.get_config().keys() == config.keys()
 
 
 def _tiny_ensemble(seed: int = 0) -> GatedEnsemble:

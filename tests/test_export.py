@@ -196,3 +196,25 @@ def test_eval_pairs_the_int8_file_with_its_float_model(smoke_export):
     # the same images as the export's parity run (the whole validation split): same accuracy
     assert c["accuracy_b"] == pytest.approx(card["parity"]["accuracy"])
     assert c["only_a"] + c["only_b"] <= c["images"]
+
+
+def test_saved_model_is_a_folder_that_serves_the_keras_logits(toy_model, tmp_path):
+    """The SavedModel back-end writes a folder atomically, replaces an earlier one, and the
+    folder loaded by bare TensorFlow gives Keras' logits on raw pixels."""
+    import tensorflow as tf
+
+    from edgekd.converters.saved_model import convert
+
+    x, _ = _toy(seed=1, n=8)
+    path = tmp_path / "student_saved_model"
+    assert convert(toy_model, path, precision="float32") == path
+    first = sorted(p.name for p in path.iterdir())
+    convert(toy_model, path, precision="float32")  # again: replaces, leaves no temp folders
+    assert sorted(p.name for p in path.iterdir()) == first
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+    loaded = tf.saved_model.load(str(path))  # kept: its variables die with it
+    served = loaded.serve(tf.constant(x, tf.float32)).numpy()
+    np.testing.assert_allclose(served, toy_model.predict(x.astype("float32"), verbose=0),
+                               atol=1e-4)  # fmt: skip
+    with pytest.raises(ValueError, match="saved_model"):
+        convert(toy_model, tmp_path / "x_saved_model", precision="int8")

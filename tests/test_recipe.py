@@ -170,14 +170,52 @@ def test_builtin_recipes_load_by_name_and_path():
     assert load_recipe("recipes/smoke.yaml").to_dict() == load_recipe("smoke").to_dict()
 
 
-def test_digest_ignores_locations_but_not_content(tmp_path):
+def _sections(r: Recipe) -> list[str]:
+    """Every section of the recipe (what stage hashes are built from)."""
+    return [k for k, v in r.to_dict().items() if isinstance(v, dict)]
+
+
+# Keys that say where things are or what to run now, not what a stage computes: changing
+# one alone leaves every section's digest as it was.
+NOT_HASHED = [
+    ("data.path=folder:/elsewhere", "data.path"),
+    ("data.cache_dir=/tmp/other-cache", "data.cache_dir"),
+    ("data.tfds_dir=/tmp/tfds", "data.tfds_dir"),
+    ("train.stages=[generalist]", "train.stages"),
+    ("train.tensorboard=false", "train.tensorboard"),
+]
+
+
+@pytest.mark.parametrize("override, key", NOT_HASHED, ids=[k for _, k in NOT_HASHED])
+def test_digest_ignores_one_location_or_run_key(tmp_path, override, key):
     a = load_recipe(write(tmp_path, BASE))
-    b = load_recipe(
-        write(tmp_path, BASE), ["data.path=folder:/elsewhere", "train.tensorboard=false"]
-    )
-    c = load_recipe(write(tmp_path, BASE), ["generalist.epochs=4"])
-    assert a.digest("data", "generalist", "train") == b.digest("data", "generalist", "train")
-    assert a.digest("data", "generalist") != c.digest("data", "generalist")
+    b = load_recipe(write(tmp_path, BASE), [override])
+    section, name = key.split(".")
+    assert getattr(getattr(a, section), name) != getattr(getattr(b, section), name)
+    # Only that key differs between the two recipes...
+    da, db = a.to_dict(), b.to_dict()
+    da[section].pop(name), db[section].pop(name)
+    assert da == db
+    # ... and no digest sees it.
+    for s in _sections(a):
+        assert a.digest(s) == b.digest(s), s
+    assert a.digest(*_sections(a)) == b.digest(*_sections(a))
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("generalist.epochs=4", "generalist"),
+        ("data.val_fraction=0.2", "data"),
+        ("train.precision=float32", "train"),
+    ],  # fmt: skip
+)
+def test_digest_sees_content(tmp_path, override, key):
+    a = load_recipe(write(tmp_path, BASE))
+    b = load_recipe(write(tmp_path, BASE), [override])
+    assert a.digest(key) != b.digest(key)
+    others = [s for s in _sections(a) if s != key]
+    assert a.digest(*others) == b.digest(*others)  # and only the section it is in
 
 
 def test_init_generalist_needs_a_model_that_inherits(tmp_path):

@@ -408,3 +408,46 @@ def test_malformed_ensemble_json_is_a_value_error(exported, tmp_path, damage, ne
     with pytest.raises(ValueError, match=needle) as info:
         EnsembleRunner(folder)
     assert str(path) in str(info.value)
+
+
+# ---------------------------------------------------------------------------------------
+# A real run, exported by `edgekd export --members`: the runner reads that folder as written.
+
+
+@pytest.fixture(scope="module")
+def real_export(smoke_exported):
+    """The exported members/ of the session's smoke run, the run's validation split and the
+    Keras gated ensemble's answer on it."""
+    from edgekd.dataset import prepare_data
+    from edgekd.ensemble.gated import load_gated_ensemble
+    from edgekd.recipe import build_recipe
+    from edgekd.run import RunDir
+
+    run = RunDir.open_existing(smoke_exported)
+    val = prepare_data(build_recipe(run.manifest["recipe"]), progress=False).val
+    want = load_gated_ensemble(smoke_exported).predict(val.images)
+    return smoke_exported / "export" / "members", val, want, run.manifest
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("fmt", ["tflite", "onnx"])
+def test_runner_on_an_exported_run_matches_the_keras_ensemble(real_export, fmt) -> None:
+    members, val, want, manifest = real_export
+    runner = EnsembleRunner(members, format=fmt, batch_size=16)
+    groups = json.loads((members.parent.parent / "groups" / "groups.json").read_text())
+    assert runner.classes == manifest["data"]["classes"]
+    assert runner.groups == groups["indices"] and runner.top_n == 2
+    got = runner.predict(val.images)
+    np.testing.assert_allclose(got.general, want.general, atol=1e-5)
+    np.testing.assert_array_equal(got.active, want.active)
+    np.testing.assert_allclose(got.probs, want.probs, atol=1e-4)
+    np.testing.assert_allclose(got.probs.sum(1), 1.0, atol=1e-5)
+    assert 0 < got.active.mean() < 1, "the gate should wake some specialists, not all"
+    # Top-1 as Keras has it, wherever Keras's own top two are not a tie.
+    ordered = np.sort(want.probs, axis=1)
+    differs = got.probs.argmax(1) != want.probs.argmax(1)
+    assert np.all((ordered[:, -1] - ordered[:, -2])[differs] < 1e-4)
+    # And what training recorded for the ensemble on this split comes back from the files.
+    recorded = manifest["stages"]["ensemble"]["metrics"]
+    assert (got.probs.argmax(1) == val.labels).mean() == pytest.approx(recorded["val_accuracy"])
+    np.testing.assert_allclose(got.activation_rate, recorded["activation_rate"], atol=1e-6)

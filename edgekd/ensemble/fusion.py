@@ -66,6 +66,8 @@ from typing import Any
 import numpy as np
 from keras import ops
 
+from edgekd.contract import FUSION_EPS, FUSION_ITERATIONS, FUSION_TOL
+
 # Pure-numpy pieces live with the TF-free runtime; training and the runtime share them.
 from edgekd.runtime.fusion import _check_group, membership_matrix
 
@@ -130,9 +132,9 @@ def fuse(
     membership: Any,
     *,
     dustbin: bool = True,
-    iterations: int = 50,
-    tol: float = 1e-6,
-    eps: float = 1e-12,
+    iterations: int = FUSION_ITERATIONS,
+    tol: float = FUSION_TOL,
+    eps: float = FUSION_EPS,
 ) -> Any:
     """Fuse the generalist's and the active specialists' distributions into one.
 
@@ -163,12 +165,13 @@ def fuse(
         dustbin: bool. Which variant: specialists with a dustbin output (True), or
             specialists that output a distribution over their own group only (False).
             Defaults to True.
-        iterations: int >= 0. Most iterations. Defaults to 50. On the test cases at most
+        iterations: int >= 0. Most iterations. Defaults to `FUSION_ITERATIONS`, the
+            recipe's `ensemble.fusion_iterations` default. On the test cases at most
             15 were needed to get within 1e-5 of the optimum; 0 returns the EM start.
         tol: float. A row stops once max_k |q_new - q| < tol. Below ~2e-7 float32 jitter
             (a few ulps) can keep rows going until `iterations`; 0 always runs
-            `iterations`. Defaults to 1e-6.
-        eps: float. Floor inside logarithms and denominators. Defaults to 1e-12.
+            `iterations`. Defaults to `FUSION_TOL`.
+        eps: float. Floor inside logarithms and denominators. Defaults to `FUSION_EPS`.
 
     Returns:
         float32 tensor (B, K), each row on the probability simplex. Rows with no active
@@ -461,7 +464,7 @@ def fusion_objective(
     membership: Any,
     *,
     dustbin: bool = True,
-    eps: float = 1e-12,
+    eps: float = FUSION_EPS,
 ) -> Any:
     """Return KL(p_g || q) + sum_{m active} KL(p_m || A_m q) for each row.
 
@@ -476,7 +479,7 @@ def fusion_objective(
         active: tensor (B, M), bool or 0/1.
         membership: array (M, K) of 0/1.
         dustbin: bool. Which variant. Defaults to True.
-        eps: float. Floor inside logarithms (0 log 0 counts as 0). Defaults to 1e-12.
+        eps: float. Floor inside logarithms (0 log 0 counts as 0). Defaults to `FUSION_EPS`.
 
     Returns:
         float32 tensor (B,).

@@ -15,6 +15,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from edgekd.contract import FUSION_EPS, FUSION_ITERATIONS, FUSION_TOL, EnsembleSpec
 from edgekd.ensemble.fusion import fuse, membership_matrix, scatter_specialist
 from edgekd.ensemble.gating import activation_plan, gate
 from edgekd.runtime.ensemble import EnsembleResult
@@ -33,7 +34,8 @@ class GatedEnsemble:
         top_n: int. How many of the generalist's top classes gate. Defaults to 1.
         confidence: float | None. Above this generalist confidence no specialist runs.
         dustbin: bool. Specialists have a dustbin output. Defaults to True.
-        iterations: int. Fusion iterations. Defaults to 50.
+        iterations: int. Fusion iterations. Defaults to `edgekd.contract.FUSION_ITERATIONS`
+            (a run's ensemble takes the recipe's `ensemble.fusion_iterations`).
         batch_size: int. Inference batch size. Defaults to 256.
         flip: bool. Average each member's probabilities over the image and its mirror.
             Defaults to False.
@@ -46,7 +48,7 @@ class GatedEnsemble:
     top_n: int = 1
     confidence: float | None = None
     dustbin: bool = True
-    iterations: int = 50
+    iterations: int = FUSION_ITERATIONS
     batch_size: int = 256
     flip: bool = False
     membership: np.ndarray = field(init=False)
@@ -108,21 +110,28 @@ class GatedEnsemble:
         spent = general_macs + sum(r * c for r, c in zip(rates, specialist_macs, strict=True))
         return float(spent * (2 if self.flip else 1))
 
+    def spec(
+        self,
+        class_names: list[str],
+        members: dict[str, dict[str, str]] | None = None,
+        input_shape: tuple[int, int, int] | None = None,
+    ) -> EnsembleSpec:
+        """What a runtime needs besides the model files to reproduce the ensemble; with the
+        exported `members` files and `input_shape`, the whole of an exported ensemble.json.
+
+        Fusion runs with `fuse`'s own tol and eps, so those are the contract's defaults.
+        """
+        return EnsembleSpec(
+            classes=tuple(class_names),
+            groups=tuple(tuple(int(c) for c in g) for g in self.groups),
+            dustbin=self.dustbin, top_n=self.top_n, confidence=self.confidence,
+            flip=self.flip, iterations=self.iterations, tol=FUSION_TOL, eps=FUSION_EPS,
+            members=members, input_shape=input_shape,
+        )  # fmt: skip
+
     def config(self, class_names: list[str]) -> dict[str, Any]:
-        """What a runtime needs besides the model files to reproduce the ensemble."""
-        return {
-            "classes": class_names,
-            "groups": [[class_names[c] for c in g] for g in self.groups],
-            "group_indices": self.groups,
-            "dustbin": self.dustbin,
-            "gating": {"rule": "top_n_intersects_group", "top_n": self.top_n,
-                       "confidence": self.confidence},
-            "fusion": {"objective": "KL(p_g,q) + sum_m KL(p_m, A_m q)", "solver": "em+newton",
-                       "iterations": self.iterations},
-            "tta": {"flip": self.flip,
-                    "rule": "each member's softmax averaged over the image and its mirror "
-                            "(width axis) before gating and fusion"},
-        }  # fmt: skip
+        """The ensemble as ensemble.json lays it out, without member files (the run's copy)."""
+        return self.spec(class_names).to_json()
 
 
 class GatedTeacher:
@@ -197,21 +206,22 @@ def load_gated_ensemble(run_path: str | Path, **overrides: Any) -> GatedEnsemble
     import edgekd.losses  # noqa: F401  (serialisable objects used in saved models)
     import edgekd.models.layers  # noqa: F401
     import edgekd.schedules  # noqa: F401
+    from edgekd.recipe import build_recipe
     from edgekd.run import RunDir
 
     run = RunDir.open_existing(run_path)
-    recipe = run.manifest["recipe"]
+    recipe = build_recipe(run.manifest["recipe"], source=str(run.path / "recipe.yaml"))
     groups = run.read_json("groups", "groups", "indices")["indices"]
     generalist = run.load_model("generalist", "model")
     specialists = [run.load_model("specialists", f"model_{m}") for m in range(len(groups))]
-    ens = recipe.get("ensemble", {})
+    ens = recipe.ensemble
     kwargs = {
-        "top_n": ens.get("top_n", 1),
-        "confidence": ens.get("confidence"),
-        "dustbin": recipe.get("specialists", {}).get("dustbin", True),
-        "iterations": ens.get("fusion_iterations", 50),
-        "batch_size": ens.get("batch_size", 256),
-        "flip": ens.get("flip_average", False),
+        "top_n": ens.top_n,
+        "confidence": ens.confidence,
+        "dustbin": recipe.specialists.dustbin,
+        "iterations": ens.fusion_iterations,
+        "batch_size": ens.batch_size,
+        "flip": ens.flip_average,
         **overrides,
     }
     return GatedEnsemble(

@@ -8,6 +8,8 @@ from typing import Protocol
 
 import numpy as np
 
+from edgekd.contract import format_of
+
 
 @dataclass(frozen=True)
 class TensorSpec:
@@ -72,22 +74,22 @@ def load_runner(path: str | Path, *, threads: int | None = None, **options) -> R
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such model file")
-    suffix = path.suffix.lower()
-    if suffix == ".tflite":
+    fmt = format_of(path)
+    if fmt == "tflite":
         from edgekd.runtime.tflite import TFLiteRunner
 
         return TFLiteRunner(path, threads=threads, **options)
-    if suffix == ".onnx":
+    if fmt == "onnx":
         from edgekd.runtime.onnx import OnnxRunner
 
         return OnnxRunner(path, threads=threads, **options)
-    if suffix in (".engine", ".plan"):
+    if fmt == "tensorrt":
         from edgekd.runtime.tensorrt import TensorRTRunner
 
         return TensorRTRunner(path, threads=threads, **options)
     raise ValueError(
-        f"{path}: unknown model format {suffix!r} (expected .tflite, .onnx, or a TensorRT "
-        ".engine/.plan)"
+        f"{path}: unknown model format {path.suffix.lower()!r} (expected .tflite, .onnx, or a "
+        "TensorRT .engine/.plan)"
     )
 
 

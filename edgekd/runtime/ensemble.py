@@ -10,13 +10,19 @@ output logits, with any dustbin prior correction already inside the specialists'
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edgekd.contract import (
+    ENSEMBLE_FILE,
+    EnsembleSpec,
+    member_names,
+    read_ensemble_spec,
+    variant_key,
+)
 from edgekd.runtime.base import Runner, load_runner
 from edgekd.runtime.fusion import fuse, gate, membership_matrix, softmax
 
@@ -89,12 +95,13 @@ class EnsembleRunner:
         groups: class indices each specialist covers.
         files: member name ("generalist", "specialist_0", ...) -> model file.
         runtime: the runtime name of the generalist's runner ("litert", "onnxruntime", ...).
-        config: the parsed `ensemble.json`.
+        spec: the parsed `ensemble.json` (`edgekd.contract.EnsembleSpec`).
 
     Raises:
         FileNotFoundError: no `ensemble.json`, or a member file it names is missing.
-        ValueError: an unknown format, a member without the requested format/precision, or
-            a member whose output width does not fit its group.
+        ValueError: an unreadable or malformed `ensemble.json` (`edgekd.contract.
+            ContractError`, naming the key), an unknown format, a member without the
+            requested format/precision, or a member whose output width does not fit its group.
     """
 
     def __init__(
@@ -107,7 +114,7 @@ class EnsembleRunner:
         **runner_options: Any,
     ) -> None:
         self.members_dir = Path(members_dir)
-        manifest = self.members_dir / "ensemble.json"
+        manifest = self.members_dir / ENSEMBLE_FILE
         if not manifest.is_file():
             raise FileNotFoundError(
                 f"{manifest}: no such file; point at the members/ folder written by "
@@ -115,59 +122,32 @@ class EnsembleRunner:
             )
         if format not in _FORMATS:
             raise ValueError(f"format must be one of {_FORMATS}, got {format!r}")
-        try:
-            self.config: dict[str, Any] = json.loads(manifest.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{manifest}: unreadable ({type(exc).__name__}: {exc})") from None
+        self.spec: EnsembleSpec = read_ensemble_spec(manifest)
         self.format, self.precision = format, precision
-        try:
-            self._parse(manifest)
-        except (KeyError, TypeError, AttributeError, ValueError) as exc:
-            if str(exc).startswith(str(manifest)):
-                raise
-            raise ValueError(
-                f"{manifest}: not what `edgekd export --members` writes ({type(exc).__name__}: "
-                f"{exc})"
-            ) from None
+        spec = self.spec
+        self.classes: list[str] = list(spec.classes)
+        self.num_classes = len(self.classes)
+        self.groups: list[list[int]] = [list(g) for g in spec.groups]
+        self.membership = membership_matrix(self.groups, self.num_classes)
+        self.dustbin, self.flip = spec.dustbin, spec.flip
+        self.top_n, self.confidence = spec.top_n, spec.confidence
+        self.iterations, self.tol, self.eps = spec.iterations, spec.tol, spec.eps
+        self.files = self._files(manifest)
         self._load(manifest, threads, runner_options)
 
-    def _parse(self, manifest: Path) -> None:
-        cfg = self.config
-        self.classes: list[str] = list(cfg["classes"])
-        self.num_classes = len(self.classes)
-        self.groups: list[list[int]] = [[int(c) for c in g] for g in cfg["group_indices"]]
-        self.membership = membership_matrix(self.groups, self.num_classes)
-        self.dustbin = bool(cfg.get("dustbin", True))
-        gating = cfg.get("gating", {})
-        self.top_n = int(gating.get("top_n", 1))
-        confidence = gating.get("confidence")
-        self.confidence = None if confidence is None else float(confidence)
-        self.flip = bool(cfg.get("tta", {}).get("flip", False))
-        fusion = cfg.get("fusion", {})
-        self.iterations = int(fusion.get("iterations", 50))
-        self.tol = float(fusion.get("tol", 1e-6))
-        self.eps = float(fusion.get("eps", 1e-12))
-
-        members = cfg.get("members", {})
-        specialists = members.get("specialists", [])
-        if len(specialists) != len(self.groups):
-            raise ValueError(
-                f"{manifest}: {len(specialists)} specialists under 'members' for "
-                f"{len(self.groups)} groups"
-            )
-        key = f"{self.format}/{self.precision}"
-        entries = {"generalist": members.get("generalist", {})}
-        entries.update({f"specialist_{m}": s for m, s in enumerate(specialists)})
-        self.files: dict[str, Path] = {}
-        for name, entry in entries.items():
-            available = entry.get("files", {})
+    def _files(self, manifest: Path) -> dict[str, Path]:
+        """Each member's file at the requested format and precision, inside the folder."""
+        key = variant_key(self.format, self.precision)
+        files: dict[str, Path] = {}
+        for name, available in (self.spec.members or {}).items():  # the reader requires them
             if key not in available:
                 raise ValueError(
                     f"{manifest}: member {name!r} has no {key!r} file (it has: "
                     f"{', '.join(sorted(available)) or 'none'}); export that format and "
                     "precision, or pick one it has"
                 )
-            self.files[name] = member_path(self.members_dir, available[key], manifest, name)
+            files[name] = member_path(self.members_dir, available[key], manifest, name)
+        return files
 
     def _load(self, manifest: Path, threads: int | None, runner_options: dict[str, Any]) -> None:
         def load(name: str, width: int) -> Runner:
@@ -180,10 +160,10 @@ class EnsembleRunner:
                 )
             return runner
 
-        self.generalist = load("generalist", self.num_classes)
-        extra = 1 if self.dustbin else 0
+        generalist, *specialists = member_names(len(self.groups))
+        self.generalist = load(generalist, len(self.spec.outputs(generalist)))
         self.specialists: list[Runner] = [
-            load(f"specialist_{m}", len(g) + extra) for m, g in enumerate(self.groups)
+            load(name, len(self.spec.outputs(name))) for name in specialists
         ]
         self.runtime: str = str(getattr(self.generalist, "runtime", ""))
 

@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from edgekd.contract import FUSION_EPS, FUSION_ITERATIONS, FUSION_TOL
+
 __all__ = [
     "fuse",
     "fusion_objective",
@@ -154,9 +156,9 @@ def fuse(
     membership: np.ndarray,
     *,
     dustbin: bool = True,
-    iterations: int = 50,
-    tol: float = 1e-6,
-    eps: float = 1e-12,
+    iterations: int = FUSION_ITERATIONS,
+    tol: float = FUSION_TOL,
+    eps: float = FUSION_EPS,
 ) -> np.ndarray:
     """The q (B, K) minimising `KL(p_g || q) + sum_{m active} KL(p_m || A_m q)`.
 
@@ -218,7 +220,7 @@ def fusion_objective(
     membership: np.ndarray,
     *,
     dustbin: bool = True,
-    eps: float = 1e-12,
+    eps: float = FUSION_EPS,
 ) -> np.ndarray:
     """`KL(p_g || q) + sum_{m active} KL(p_m || A_m q)` per row (float32 (B,)), as
     `edgekd.ensemble.fusion.fusion_objective`; `fuse` minimises it."""
