@@ -152,6 +152,7 @@ def test_clone_matches_resnet18_random_weights(held_out):
     assert any("flat weight order matches" in line for line in lines), lines
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["soft", "hard"])
 def test_qat_file_is_int8_with_pixel_input(qat_runs, name):
     result = qat_runs[name]["result"]
@@ -173,6 +174,7 @@ def test_qat_file_is_int8_with_pixel_input(qat_runs, name):
     assert dtypes <= {"uint8", "int8", "int32"}, dtypes
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["soft", "hard"])
 def test_qat_accuracy_close_to_keras(qat_runs, held_out, keras_accuracy, name):
     x, y = held_out
@@ -181,6 +183,7 @@ def test_qat_accuracy_close_to_keras(qat_runs, held_out, keras_accuracy, name):
     assert accuracy(scores, y) >= keras_accuracy - 0.05
 
 
+@pytest.mark.slow
 def test_parent_process_untouched(qat_runs, model, held_out):
     for run in qat_runs.values():
         before, after = run["env"]
@@ -211,6 +214,7 @@ def test_bad_arguments_raise_before_any_work(model, train, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_qat_runs_with_soft_and_hard_targets_differ(qat_runs, held_out):
     """The soft term reaches the fine-tuning: same start, different loss, different file."""
     soft, hard = (qat_runs[k]["result"] for k in ("soft", "hard"))

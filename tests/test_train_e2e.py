@@ -130,6 +130,7 @@ def test_eval_prints_per_class_table_and_json(smoke_run):
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_student_seeds_and_budget_matched_control(smoke_run, tmp_path, cifar_jpeg):
     """More seeds extend a finished student stage; the budget stage trains the student's
     architecture from scratch for the method's budget; eval pairs them all."""
@@ -333,6 +334,7 @@ def _interrupt_after_first_epoch(data: Path, run_dir: Path, sig: int) -> subproc
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_ctrl_c_stops_cleanly_and_resumes(tmp_path):
     data = make_folder(tmp_path / "data", classes=3, per_class=200)
     run_dir = tmp_path / "run"
@@ -347,6 +349,7 @@ def test_ctrl_c_stops_cleanly_and_resumes(tmp_path):
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_kill_9_mid_epoch_resumes(tmp_path):
     data = make_folder(tmp_path / "data", classes=3, per_class=200)
     run_dir = tmp_path / "run"
@@ -367,6 +370,7 @@ def test_kill_9_mid_epoch_resumes(tmp_path):
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_jax_backend_trains_without_tensorflow(tmp_path):
     pytest.importorskip("jax")
     data = make_folder(tmp_path / "data", classes=3, per_class=20)
@@ -410,6 +414,7 @@ def test_jax_backend_trains_without_tensorflow(tmp_path):
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_mirrored_strategy_trains_and_saves(tmp_path):
     """`train.strategy: mirrored` builds, fits and saves under tf.distribute (one CPU here)."""
     data = make_folder(tmp_path / "data", classes=3, per_class=20)
