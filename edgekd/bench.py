@@ -73,6 +73,9 @@ _PRECISION_ORDER = {p: i for i, p in enumerate((*PRECISIONS, f"int8{QAT_TAG}"))}
 
 DEFAULT_BATCH = 32
 DEFAULT_LIMIT = 1000
+DEFAULT_WARMUP = 10  # batch-1 calls before timing
+DEFAULT_RUNS = 100  # timed batch-1 calls
+DEFAULT_ROUNDS = 3  # fresh processes per model; timings are medians over them
 
 _PROFILE_KEYS = {
     "name": "profile name (defaults to the file stem)",
@@ -894,9 +897,9 @@ def run_bench(
     data: str | None = None,
     limit: int = DEFAULT_LIMIT,
     batch: int | None = None,
-    warmup: int = 10,
-    runs: int = 100,
-    rounds: int = 3,
+    warmup: int = DEFAULT_WARMUP,
+    runs: int = DEFAULT_RUNS,
+    rounds: int = DEFAULT_ROUNDS,
     timeout: float = 1800,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from edgekd.bench import DEFAULT_BATCH, DEFAULT_LIMIT
+from edgekd.bench import DEFAULT_BATCH, DEFAULT_LIMIT, DEFAULT_ROUNDS, DEFAULT_RUNS, DEFAULT_WARMUP
 from edgekd.errors import EdgekdError, RunDirError
 from edgekd.native_log import NativeLogFilter
 
@@ -215,14 +215,18 @@ def export(
     default=None,
     help=f"Throughput batch. [default: the device profile's, else {DEFAULT_BATCH}]",
 )
-@click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True)
+@click.option("--warmup", type=click.IntRange(min=0), default=DEFAULT_WARMUP, show_default=True)
 @click.option(
-    "--runs", type=click.IntRange(min=1), default=100, show_default=True, help="Batch-1 calls."
+    "--runs",
+    type=click.IntRange(min=1),
+    default=DEFAULT_RUNS,
+    show_default=True,
+    help="Batch-1 calls.",
 )
 @click.option(
     "--rounds",
     type=click.IntRange(min=1),
-    default=3,
+    default=DEFAULT_ROUNDS,
     show_default=True,
     help="Fresh-process rounds per model, interleaved; timings are medians over rounds.",
 )
