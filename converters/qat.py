@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgekd.atomic import atomic_path
+from edgekd.recipe import DEFAULT_SOFT_WEIGHT, DEFAULT_TEMPERATURE
 
 if TYPE_CHECKING:
     import keras
@@ -76,8 +77,8 @@ def qat_int8_tflite(
     images: np.ndarray,
     labels: np.ndarray,
     soft_targets: np.ndarray | None = None,
-    temperature: float = 4.0,
-    soft_weight: float = 0.8,
+    temperature: float = DEFAULT_TEMPERATURE,
+    soft_weight: float = DEFAULT_SOFT_WEIGHT,
     label_smoothing: float = 0.0,
     epochs: int = 1,
     batch_size: int = 128,

@@ -34,6 +34,7 @@ import keras
 from keras import ops
 
 from edgekd.losses import distillation_loss, temper
+from edgekd.recipe import DEFAULT_SOFT_WEIGHT, DEFAULT_TEMPERATURE
 from edgekd.schedules import Ramp
 
 TARGETS = ("fused", "members")
@@ -99,8 +100,8 @@ class Distiller(keras.Model):
         student: keras.Model returning logits.
         teacher: keras.Model (logits), callable (pixels -> probabilities), or None. None
             trains on hard labels alone (`soft_weight` must then be 0): the control.
-        temperature: float, `Ramp`, or a Ramp config dict. T. Defaults to 4.
-        soft_weight: float, `Ramp`, or config. lambda in [0, 1]. Defaults to 0.8.
+        temperature: float, `Ramp`, or a Ramp config dict. T. Defaults to the recipe schema's.
+        soft_weight: float, `Ramp`, or config. lambda in [0, 1]. Defaults to the recipe schema's.
         target: "fused" or "members" (see the module docstring). Defaults to "fused".
         label_smoothing: for the hard-label term. Defaults to 0.
     """
@@ -110,8 +111,8 @@ class Distiller(keras.Model):
         student: keras.Model,
         teacher: Any = None,
         *,
-        temperature: float | Ramp | dict = 4.0,
-        soft_weight: float | Ramp | dict = 0.8,
+        temperature: float | Ramp | dict = DEFAULT_TEMPERATURE,
+        soft_weight: float | Ramp | dict = DEFAULT_SOFT_WEIGHT,
         target: str = "fused",
         label_smoothing: float = 0.0,
         name: str = "distiller",

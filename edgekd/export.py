@@ -357,8 +357,7 @@ def _export_qat(
 
     section = recipe.generalist if cfg.model == "generalist" else recipe.student
     soft = None
-    temperature = 4.0
-    lam = 0.0
+    temperature, lam = 1.0, 0.0  # hard labels alone unless the model is the distilled student
     if cfg.model == "student":
         from edgekd.ensemble.gated import load_gated_ensemble
         from edgekd.losses import temper

@@ -215,6 +215,12 @@ class RampConfig(_Section):
     shape: Literal["linear", "cosine"] = "linear"
 
 
+# The distillation loss's defaults: the schema's, and the Distiller's and QAT's when called
+# without a recipe.
+DEFAULT_TEMPERATURE = 4.0
+DEFAULT_SOFT_WEIGHT = 0.8
+
+
 class StudentConfig(ModelTrainConfig):
     """The student: distilled from the teacher, plus a hard-label twin as the control."""
 
@@ -223,10 +229,11 @@ class StudentConfig(ModelTrainConfig):
         description="gated ensemble, every specialist on every image, or the generalist alone",
     )
     temperature: float | RampConfig = Field(
-        4.0, description="T, or {start, end, shape: linear|cosine} over the run"
+        DEFAULT_TEMPERATURE, description="T, or {start, end, shape: linear|cosine} over the run"
     )
     soft_weight: float | RampConfig = Field(
-        0.8, description="lambda, the soft-target share of the loss, or a ramp like temperature"
+        DEFAULT_SOFT_WEIGHT,
+        description="lambda, the soft-target share of the loss, or a ramp like temperature",
     )
     target: Literal["fused", "members"] = Field(
         "fused",
