@@ -16,9 +16,10 @@ from __future__ import annotations
 import argparse
 import json
 
-from edgekd.evaluate import evaluate_run, format_table
-from edgekd.run import RunDir
-from edgekd.stats import compare_paired
+from edgekd.maths.stats import compare_paired
+from edgekd.tables import format_table
+from edgekd.training.evaluate import evaluate_run
+from edgekd.training.run import RunDir
 
 STAGES = ("generalist", "specialists", "ensemble", "student", "budget")
 

@@ -40,14 +40,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from edgekd.distill import Distiller, ModelTeacher
-from edgekd.ensemble.gated import GatedEnsemble, load_gated_ensemble
-from edgekd.evaluate import format_table
-from edgekd.models import build_model
 from edgekd.recipe import build_recipe
-from edgekd.run import RunDir
-from edgekd.schedules import Ramp
-from edgekd.stages.student import ramp_of
+from edgekd.tables import format_table
+from edgekd.training.distill import Distiller, ModelTeacher
+from edgekd.training.ensemble.gated import GatedEnsemble, load_gated_ensemble
+from edgekd.training.models import build_model
+from edgekd.training.run import RunDir
+from edgekd.training.schedules import Ramp
+from edgekd.training.stages.student import ramp_of
 
 LIMIT = 0.15  # distillation step <= (1 + LIMIT) x (student step + teacher forward)
 ITEMS = ("student train step", "teacher forward", "distillation step")
@@ -86,7 +86,9 @@ def synthetic_setup(classes: int, batch: int | None) -> Setup:
         )
         for s, g in enumerate(groups)
     ]
-    ensemble = GatedEnsemble(generalist, specialists, groups, classes, top_n=1)
+    ensemble = GatedEnsemble(
+        generalist, specialists, groups, classes, top_n=1, dustbin=True, batch_size=256, flip=False
+    )
 
     def student() -> keras.Model:
         return build_model("resnet10", num_classes=classes, width=4, input_shape=shape)

@@ -21,16 +21,16 @@ from pathlib import Path
 
 import keras
 
-from edgekd.accelerator import resolve
 from edgekd.data import Augment
-from edgekd.dataset import prepare_data
-from edgekd.distill import Distiller
-from edgekd.ensemble.gated import load_gated_ensemble
-from edgekd.evaluate import format_table
-from edgekd.models import build_model
+from edgekd.data.dataset import prepare_data
 from edgekd.recipe import build_recipe, load_recipe
-from edgekd.run import RunDir
-from edgekd.trainer import predict_probs, train_classifier
+from edgekd.tables import format_table
+from edgekd.training.accelerator import resolve
+from edgekd.training.distill import Distiller
+from edgekd.training.ensemble.gated import load_gated_ensemble
+from edgekd.training.models import build_model
+from edgekd.training.run import RunDir
+from edgekd.training.trainer import predict_probs, train_classifier
 
 
 def main() -> None:

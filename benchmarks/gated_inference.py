@@ -15,11 +15,11 @@ import dataclasses
 import statistics
 import time
 
-from edgekd.dataset import prepare_data
-from edgekd.ensemble.gated import load_gated_ensemble
-from edgekd.evaluate import format_table
+from edgekd.data.dataset import prepare_data
 from edgekd.recipe import build_recipe
-from edgekd.run import RunDir
+from edgekd.tables import format_table
+from edgekd.training.ensemble.gated import load_gated_ensemble
+from edgekd.training.run import RunDir
 
 
 def main() -> None:

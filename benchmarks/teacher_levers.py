@@ -18,15 +18,15 @@ import time
 
 import numpy as np
 
-from edgekd.dataset import prepare_data
-from edgekd.ensemble.gated import load_gated_ensemble
-from edgekd.evaluate import format_table
+from edgekd.data.dataset import prepare_data
+from edgekd.maths.fusion import fuse, gate, scatter_specialist, softmax
+from edgekd.maths.specialist import specialist_labels
+from edgekd.maths.stats import compare_paired, format_p
 from edgekd.recipe import build_recipe
-from edgekd.run import RunDir
-from edgekd.runtime.fusion import fuse, gate, scatter_specialist, softmax
-from edgekd.stages.specialists import specialist_labels
-from edgekd.stats import compare_paired, format_p
-from edgekd.trainer import predict_logits
+from edgekd.tables import format_table
+from edgekd.training.ensemble.gated import load_gated_ensemble
+from edgekd.training.run import RunDir
+from edgekd.training.trainer import predict_logits
 
 GRID = np.exp(np.linspace(np.log(0.5), np.log(4.0), 57))
 

@@ -20,7 +20,7 @@ clone computes the same `(x - mean) / std` as a 1x1 `DepthwiseConv2D` with bias 
 is then fully int8 and still takes raw pixels 0..255: TFMOT's input quantiser is pinned to
 [0, 255], so a uint8 input is the pixels themselves (scale 1, zero point 0).
 
-The fine-tuning loss is the Distiller's own (`edgekd.losses.distillation_loss`, via
+The fine-tuning loss is the Distiller's own (`edgekd.training.losses.distillation_loss`, via
 `qat_loss`): the child imports Keras 3 for its `keras.ops` alone, which on the TensorFlow
 backend run on the `tf_keras` model's tensors; no Keras 3 model or layer is built there.
 
@@ -47,12 +47,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgekd.atomic import atomic_path
+from edgekd.contract import IO_DTYPES
 from edgekd.recipe import DEFAULT_SOFT_WEIGHT, DEFAULT_TEMPERATURE
 
 if TYPE_CHECKING:
     import keras
 
-IO_DTYPES = ("uint8", "int8", "float32")
 """Input/output tensor types of the int8 file; float32 keeps quantise/dequantise inside."""
 
 _CHILD_MODULE = "edgekd.converters.qat"
@@ -91,7 +91,7 @@ def qat_int8_tflite(
 ) -> dict[str, Any]:
     """Fine-tune `model` with QAT and write a full-int8 `.tflite` to `path` (atomically).
 
-    The loss is the Distiller's, `edgekd.losses.distillation_loss` (see `qat_loss`), per
+    The loss is the Distiller's, `edgekd.training.losses.distillation_loss` (see `qat_loss`), per
     example `soft_weight * T^2 * CE(q_T, softmax(z / T)) + (1 - soft_weight) * CE(y, softmax(z))`
     with `label_smoothing` on the hard term, or that hard term alone without `soft_targets`.
     The teacher's targets are computed once per image by the caller, not per augmented view:
@@ -228,7 +228,7 @@ def _check_pixels(name: str, images: np.ndarray, shape: tuple[int, ...]) -> np.n
 
 def _model_spec(model: keras.Model, spec: dict[str, Any]) -> dict[str, Any]:
     """What the child needs to rebuild `model`: architecture, constants, weight names."""
-    from edgekd.models.registry import get_arch_spec
+    from edgekd.training.models.registry import get_arch_spec
 
     shape = tuple(spec["input_shape"])
     if tuple(model.inputs[0].shape[1:]) != shape:
@@ -313,7 +313,7 @@ def _run_child(
 
 def _check_file(path: Path, io_dtype: str) -> dict[str, Any]:
     """The file's input/output tensors; fail if their types are not `io_dtype`."""
-    from edgekd.runtime.tflite import TFLiteRunner
+    from edgekd.device.runtime.tflite import TFLiteRunner
 
     runner = TFLiteRunner(path)
     got = (runner.input.dtype, runner.output.dtype)
@@ -344,7 +344,7 @@ def qat_loss(
     """
     from keras import ops
 
-    from edgekd.losses import distillation_loss, hard_cross_entropy
+    from edgekd.training.losses import distillation_loss, hard_cross_entropy
 
     if targets is None:
         return ops.mean(hard_cross_entropy(labels, logits, label_smoothing))
@@ -364,7 +364,7 @@ def _say(message: str) -> None:
 
 
 def _build_clone(k2: Any, cfg: dict[str, Any]) -> Any:
-    """The edgekd CIFAR ResNet (`edgekd.models.resnet.cifar_resnet`) in `tf_keras`.
+    """The edgekd CIFAR ResNet (`edgekd.training.models.resnet.cifar_resnet`) in `tf_keras`.
 
     Same layer names and function; "preprocess" is a 1x1 `DepthwiseConv2D` with bias instead
     of `Normalization` (see the module docstring); its weights are set in `_copy_weights`.

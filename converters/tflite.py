@@ -10,7 +10,7 @@ through; every option needed here (optimisations, representative data, target sp
 I/O types) is such an attribute, so no second converter path is kept.
 
 Batch dimension: left as the model declares it, i.e. dynamic (`shape_signature` -1, allocated
-as 1). `edgekd.runtime.tflite.TFLiteRunner` resizes the input tensor to each chunk's batch.
+as 1). `edgekd.device.runtime.tflite.TFLiteRunner` resizes the input tensor to each chunk's batch.
 """
 
 from __future__ import annotations
@@ -23,14 +23,13 @@ import numpy as np
 import tensorflow as tf
 
 from edgekd.atomic import atomic_path
-from edgekd.contract import FORMATS
+from edgekd.contract import FORMATS, IO_DTYPES
 
 PRECISIONS = FORMATS["tflite"].precisions
 """float32: no optimisation. float16: float16 weights, float32 compute and I/O.
 dynamic: int8 weights, activations quantised on the fly. int8: full-integer (needs
 representative images), builtin int8 kernels only."""
 
-IO_DTYPES = ("float32", "uint8", "int8")
 """Input/output tensor types; the integer ones are only possible with precision int8."""
 
 
@@ -186,7 +185,7 @@ def _check_io_dtype(path: Path, precision: str, io_dtype: str) -> None:
     """Fail if the written file's input/output types are not what was asked for."""
     if precision != "int8":
         return
-    from edgekd.runtime.tflite import TFLiteRunner
+    from edgekd.device.runtime.tflite import TFLiteRunner
 
     runner = TFLiteRunner(path)
     got = (runner.input.dtype, runner.output.dtype)

@@ -9,7 +9,14 @@ import sys
 
 import click
 
-from edgekd.bench import DEFAULT_BATCH, DEFAULT_LIMIT, DEFAULT_ROUNDS, DEFAULT_RUNS, DEFAULT_WARMUP
+from edgekd.contract import IO_DTYPES
+from edgekd.device.bench import (
+    DEFAULT_BATCH,
+    DEFAULT_LIMIT,
+    DEFAULT_ROUNDS,
+    DEFAULT_RUNS,
+    DEFAULT_WARMUP,
+)
 from edgekd.errors import EdgekdError, RunDirError
 from edgekd.native_log import NativeLogFilter
 
@@ -23,7 +30,7 @@ class _Group(click.Group):
     """Maps user errors to one line on stderr and exit code 2; Ctrl-C to 130."""
 
     def invoke(self, ctx: click.Context):
-        from edgekd import interrupts
+        from edgekd.training import interrupts
 
         interrupts.install()
         native = NativeLogFilter()
@@ -76,7 +83,7 @@ def train(recipe: str, overrides: tuple[str, ...], run_dir: str | None, quiet: b
     if run_dir is not None and not run_dir.strip():
         raise RunDirError("--run-dir is empty: give a folder, or leave it out for runs/<name>")
     resolved = load_recipe(recipe, overrides)
-    from edgekd.pipeline import train as run_train
+    from edgekd.training.pipeline import train as run_train
 
     run = run_train(resolved, run_dir, verbose=2 if quiet or not sys.stdout.isatty() else 1)
     click.echo(f"run directory: {run.path}   (next: edgekd eval {run.path})")
@@ -101,7 +108,7 @@ def train(recipe: str, overrides: tuple[str, ...], run_dir: str | None, quiet: b
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 def evaluate(run: str, data_spec: str | None, split: str, as_json: bool) -> None:
     """Overall and per-class accuracy of every model in RUN."""
-    from edgekd.evaluate import evaluate_run
+    from edgekd.training.evaluate import evaluate_run
 
     report = evaluate_run(run, data_spec, split)
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.tables())
@@ -122,7 +129,7 @@ def evaluate(run: str, data_spec: str | None, split: str, as_json: bool) -> None
 )
 @click.option(
     "--int8-io",
-    type=click.Choice(["uint8", "int8", "float32"]),
+    type=click.Choice(list(IO_DTYPES)),
     default=None,
     help="Input/output tensors of int8 TFLite files. Default: the recipe's export.int8_io.",
 )
@@ -157,7 +164,7 @@ def export(
 
     Precision flags combine (--float --int8); with none, the recipe's export.precisions.
     """
-    from edgekd.export import export_run
+    from edgekd.export.exporter import export_run
     from edgekd.recipe import EXPORT_FORMATS
 
     picked = [p for p, on in (("float32", want_float), ("float16", fp16), ("dynamic", dynamic),
@@ -265,7 +272,7 @@ def bench(
     """
     from pathlib import Path
 
-    from edgekd.bench import format_report, run_bench, save_plot
+    from edgekd.device.bench import format_report, run_bench, save_plot
 
     report = run_bench(
         export_dir, device=device, runtime=runtime, threads=threads, data=data_spec,
@@ -312,7 +319,7 @@ def predict(
     student .tflite, else float32), or a members/ folder (the gated ensemble, which also
     says which specialists each image woke). No TensorFlow needed.
     """
-    from edgekd.predict import format_predictions, predict_files
+    from edgekd.device.predict import format_predictions, predict_files
 
     path, runtime, predictions = predict_files(
         model, images, top_k=top_k, threads=threads, ensemble=ensemble,

@@ -1,6 +1,6 @@
 """The exported-model contract: file names, model cards and `ensemble.json`, in one place.
 
-`edgekd export` writes these files and the device side (`edgekd.runtime`, `edgekd bench`,
+`edgekd export` writes these files and the device side (`edgekd.device.runtime`, `edgekd bench`,
 `edgekd predict`) reads them; both go through this module, so neither decodes the other's
 files by rules of its own. Standard library only (no TensorFlow, Keras or numpy): it loads
 where only the runtime wheels are.
@@ -33,6 +33,7 @@ __all__ = [
     "ENSEMBLE_FILE",
     "FLIP_DEFAULT",
     "FORMATS",
+    "IO_DTYPES",
     "FUSION_EPS",
     "FUSION_ITERATIONS",
     "FUSION_TOL",
@@ -84,6 +85,9 @@ class Format:
 
 PRECISIONS: tuple[str, ...] = ("float32", "float16", "dynamic", "int8")
 """float32; float16 weights; dynamic: int8 weights, float activations; int8: full integer."""
+
+IO_DTYPES: tuple[str, ...] = ("uint8", "int8", "float32")
+"""What an integer model's input and output tensors may be: uint8 takes the pixels as they are."""
 
 FORMATS: dict[str, Format] = {
     "tflite": Format(PRECISIONS, (".tflite",), integer_io=("int8",)),

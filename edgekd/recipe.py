@@ -22,7 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from edgekd import safe_yaml
-from edgekd.contract import FORMATS, FUSION_ITERATIONS, PRECISIONS
+from edgekd.contract import FORMATS, FUSION_ITERATIONS, IO_DTYPES, PRECISIONS
 from edgekd.errors import RecipeError
 
 STAGES: tuple[str, ...] = (
@@ -137,7 +137,7 @@ class ModelTrainConfig(_Section):
 
     @model_validator(mode="after")
     def _known_arch(self) -> ModelTrainConfig:
-        from edgekd.models import architecture_names
+        from edgekd.training.models import architecture_names
 
         names = architecture_names()
         if self.arch not in names:
@@ -322,7 +322,7 @@ class ExportConfig(_Section):
         min_length=1,
         description="dynamic: int8 weights, float activations (TFLite only)",
     )
-    int8_io: Literal["uint8", "int8", "float32"] = Field(
+    int8_io: Literal[IO_DTYPES] = Field(
         "uint8", description="int8 TFLite input/output tensors; uint8 takes the pixels as they are"
     )
     calibration_images: int = Field(
@@ -406,7 +406,7 @@ class Recipe(_Section):
 
     @model_validator(mode="after")
     def _inherits_generalist(self) -> Recipe:
-        from edgekd.models import inherits
+        from edgekd.training.models import inherits
 
         gen = self.generalist
         for key in ("specialists", "student"):

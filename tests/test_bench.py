@@ -22,8 +22,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgekd import bench
-from edgekd.bench import BenchError, device_profiles, find_targets, load_profile, select_formats
+from edgekd.device import bench
+from edgekd.device.bench import (
+    BenchError,
+    device_profiles,
+    find_targets,
+    load_profile,
+    select_formats,
+)
 from edgekd.errors import DataError
 from tests.conftest import REPO
 from tests.synthetic import COLOURS, make_folder
@@ -87,7 +93,7 @@ def export_dir(tmp_path_factory, images) -> Path:
     import keras
 
     from edgekd.converters.tflite import export_tflite
-    from edgekd.models import build_model
+    from edgekd.training.models import build_model
 
     out = tmp_path_factory.mktemp("export")
     keras.utils.set_random_seed(0)
@@ -154,9 +160,9 @@ def _answers(export_dir: Path, images: Path, per_class: int) -> dict[tuple, dict
     """Each model's top-1 on the images bench documents it takes without a run (the first
     `per_class` files of each class folder, by name), computed here through the runtimes
     directly: {(model, precision, format): {"pred", "labels", "active"}}."""
-    from edgekd.predict import read_image
-    from edgekd.runtime import load_runner
-    from edgekd.runtime.ensemble import EnsembleRunner
+    from edgekd.device.predict import read_image
+    from edgekd.device.runtime import load_runner
+    from edgekd.device.runtime.ensemble import EnsembleRunner
 
     files = [(f, c) for c, name in enumerate(CLASSES)
              for f in sorted((images / name).iterdir())[:per_class]]  # fmt: skip
@@ -293,9 +299,9 @@ def test_bad_profile_names_file_and_key(tmp_path, export_dir):
 
 def test_default_images_are_the_runs_validation_split(tmp_path):
     """Without --data, bench reads the run's recipe and picks from its validation split."""
-    from edgekd.bench import load_eval_images
     from edgekd.data.folder import scan_folder
     from edgekd.data.split import stratified_split
+    from edgekd.device.bench import load_eval_images
 
     root = make_folder(tmp_path / "images", classes=3, per_class=12, size=16)
     run = tmp_path / "run"
@@ -403,8 +409,8 @@ def test_predict_runs_the_gated_ensemble(export_dir, images, tmp_path):
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
     assert lines[0] == f"model: {export_dir / 'members'} (gated ensemble, tflite float32, litert)"
-    from edgekd.predict import read_image
-    from edgekd.runtime.ensemble import EnsembleRunner
+    from edgekd.device.predict import read_image
+    from edgekd.device.runtime.ensemble import EnsembleRunner
 
     runner = EnsembleRunner(export_dir / "members")
     for f in files:
@@ -498,7 +504,7 @@ def test_predict_on_corrupt_files_exit_2(export_dir, images, tmp_path, target, d
 def nan_export(tmp_path_factory) -> Path:
     """A float32 .tflite whose every output is NaN (a model trained to a NaN loss)."""
     from edgekd.converters.tflite import export_tflite
-    from edgekd.models import build_model
+    from edgekd.training.models import build_model
 
     out = tmp_path_factory.mktemp("broken-export")
     model = build_model("resnet10", num_classes=3, width=4, input_shape=SHAPE)
@@ -525,7 +531,7 @@ def test_predict_and_bench_never_print_nan(nan_export, images):
 
 
 def test_parity_fails_a_file_with_non_finite_outputs():
-    from edgekd.export import parity
+    from edgekd.export.exporter import parity
 
     class NaNRunner:
         def predict(self, images):

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from edgekd.errors import RecipeError
-from edgekd.evaluate import SeedSummary, comparison_table, paired_comparisons
 from edgekd.recipe import build_recipe
-from edgekd.run import RunDir, StageRecord
-from edgekd.stages.budget import budget_epochs, budget_images, budget_seconds
+from edgekd.training.evaluate import SeedSummary, comparison_table, paired_comparisons
+from edgekd.training.run import RunDir, StageRecord
+from edgekd.training.stages.budget import budget_epochs, budget_images, budget_seconds
 
 
 @pytest.fixture
@@ -85,7 +85,7 @@ def test_paired_comparisons_only_for_models_present():
 
 
 def test_seed_summary_mean_and_std():
-    from edgekd.stats import compare_paired
+    from edgekd.maths.stats import compare_paired
 
     a = np.array([1, 0, 1, 1], bool)
     comps = [compare_paired("hard-label", a, "distilled", b)

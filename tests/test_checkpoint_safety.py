@@ -8,9 +8,10 @@ import shutil
 import numpy as np
 import pytest
 
-from edgekd import accelerator, atomic
+from edgekd import atomic
 from edgekd.errors import TrainingError
-from edgekd.trainer import load_state, train_classifier
+from edgekd.training import accelerator
+from edgekd.training.trainer import load_state, train_classifier
 from tests.test_training_parts import _build, _cfg, _StopAfter, _tiny_data
 
 KW = dict(seed=3, augment=None, tensorboard=False, verbose=0)

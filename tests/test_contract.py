@@ -113,7 +113,7 @@ def test_every_format_has_a_converter_with_the_common_signature():
     """export's table covers the contract's formats, and every back-end's `convert` takes
     (model, path, *, precision, calibration, io_dtype, reuse) (read from the source: the
     modules themselves need TensorFlow)."""
-    from edgekd.export import CONVERTERS
+    from edgekd.export.exporter import CONVERTERS
 
     assert set(CONVERTERS) == set(FORMATS)
     for fmt, module in CONVERTERS.items():
@@ -323,8 +323,8 @@ def test_unreadable_ensemble_json(tmp_path, text):
 
 
 def test_fusion_iterations_have_one_source():
+    from edgekd.maths import fusion
     from edgekd.recipe import EnsembleConfig
-    from edgekd.runtime import fusion
 
     assert EnsembleConfig().fusion_iterations == FUSION_ITERATIONS
     assert fusion.fuse.__kwdefaults__["iterations"] == FUSION_ITERATIONS

@@ -23,7 +23,7 @@ import pytest
 
 pytestmark = pytest.mark.e2e
 
-# file -> (format, precision), the names DESIGN.md and edgekd.export give them.
+# file -> (format, precision), the names DESIGN.md and edgekd.export.exporter give them.
 STUDENT_FILES = {
     "student.tflite": ("tflite", "float32"),
     "student-int8.tflite": ("tflite", "int8"),
@@ -80,9 +80,9 @@ def golden(smoke_exported):
     """The export folder, the run's validation split and the Keras student's logits on it."""
     import keras
 
-    from edgekd.dataset import prepare_data
+    from edgekd.data.dataset import prepare_data
     from edgekd.recipe import build_recipe
-    from edgekd.run import RunDir
+    from edgekd.training.run import RunDir
 
     run = RunDir.open_existing(smoke_exported)
     val = prepare_data(build_recipe(run.manifest["recipe"]), progress=False).val

@@ -6,14 +6,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-DEVICE_MODULES = (
-    "edgekd.contract", "edgekd.runtime", "edgekd.runtime.base", "edgekd.runtime.tflite",
-    "edgekd.runtime.onnx", "edgekd.runtime.tensorrt", "edgekd.runtime.ensemble",
-    "edgekd.runtime.fusion", "edgekd.bench", "edgekd.predict",
-)  # fmt: skip
+REPO = Path(__file__).resolve().parents[1]
+DEVICE_MODULES = tuple(
+    ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+    for folder in ("edgekd/device", "edgekd/maths")
+    for path in sorted((REPO / folder).rglob("*.py"))
+) + ("edgekd.contract", "edgekd.recipe", "edgekd.data.images")
 FORBIDDEN = ("tensorflow", "keras", "tf_keras", "jax")
 
 

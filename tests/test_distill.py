@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 from keras import ops
 
-from edgekd.distill import Distiller, ModelTeacher, replica_share
-from edgekd.ensemble.gated import GatedEnsemble
-from edgekd.losses import distillation_loss, soft_cross_entropy, temper
-from edgekd.models import build_model
-from edgekd.schedules import Ramp
+from edgekd.training.distill import Distiller, ModelTeacher, replica_share
+from edgekd.training.ensemble.gated import GatedEnsemble
+from edgekd.training.losses import distillation_loss, soft_cross_entropy, temper
+from edgekd.training.models import build_model
+from edgekd.training.schedules import Ramp
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -206,7 +206,9 @@ def _tiny_ensemble(seed: int = 0) -> GatedEnsemble:
     g = build_model("resnet10", num_classes=5, width=4, input_shape=(16, 16, 3), name="g")
     s1 = build_model("resnet10", num_classes=3, width=4, input_shape=(16, 16, 3), name="s1")
     s2 = build_model("resnet10", num_classes=4, width=4, input_shape=(16, 16, 3), name="s2")
-    return GatedEnsemble(g, [s1, s2], [[0, 1], [2, 3, 4]], 5, top_n=1)
+    return GatedEnsemble(
+        g, [s1, s2], [[0, 1], [2, 3, 4]], 5, top_n=1, dustbin=True, batch_size=256, flip=False
+    )
 
 
 @pytest.mark.parametrize("gather", [True, False])
@@ -299,8 +301,8 @@ MIRRORED = textwrap.dedent(
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras
-    import edgekd.distill as distill
-    from edgekd.distill import Distiller
+    import edgekd.training.distill as distill
+    from edgekd.training.distill import Distiller
 
     if sys.argv[1] == "naive":  # what a plain mean loss does: no division by the replicas
         distill.replica_share = lambda v: v

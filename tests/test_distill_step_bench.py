@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import pytest
 
-from edgekd.schedules import Ramp
+from edgekd.training.schedules import Ramp
 from tests.conftest import REPO
 
 

@@ -9,12 +9,12 @@ import keras
 import numpy as np
 import pytest
 
-from edgekd.ensemble.fusion import fuse, scatter_specialist
-from edgekd.ensemble.gating import gate
-from edgekd.export import export_model, parity, representative_images
-from edgekd.models import build_model
+from edgekd.device.runtime import load_runner
+from edgekd.export.exporter import export_model, parity, representative_images
 from edgekd.recipe import ExportConfig
-from edgekd.runtime import load_runner
+from edgekd.training.ensemble.fusion import fuse, scatter_specialist
+from edgekd.training.ensemble.gating import gate
+from edgekd.training.models import build_model
 from tests.conftest import run_cli, smoke_copy
 
 
@@ -77,7 +77,7 @@ def test_card_states_the_contract(toy_model, tmp_path):
     assert card["params"] > 0 and card["macs"] > 0 and card["runtime"]
     # The uint8 input's own quantisation maps pixels 0..255 into the tensor and back to
     # within one step (its scale comes from the calibration images' range).
-    from edgekd.runtime.base import TensorSpec, quantize_input
+    from edgekd.device.runtime.base import TensorSpec, quantize_input
 
     spec = TensorSpec(**{k: card["input"][k] for k in ("name", "dtype", "scale", "zero_point")},
                       shape=tuple(card["input"]["shape"]))  # fmt: skip
@@ -128,7 +128,7 @@ def test_export_cli_writes_files_cards_and_table(smoke_export):
 @pytest.mark.e2e
 def test_ensemble_json_reproduces_the_gated_ensemble(smoke_export, cifar_jpeg):
     """From ensemble.json and the member .tflite files alone, the fused answers come back."""
-    from edgekd.ensemble.gated import load_gated_ensemble
+    from edgekd.training.ensemble.gated import load_gated_ensemble
 
     run_dir, _ = smoke_export
     members = run_dir / "export" / "members"

@@ -14,7 +14,12 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize
 
-from edgekd.ensemble.fusion import fuse, fusion_objective, membership_matrix, scatter_specialist
+from edgekd.training.ensemble.fusion import (
+    fuse,
+    fusion_objective,
+    membership_matrix,
+    scatter_specialist,
+)
 from tests.conftest import REPO
 
 # ---------------------------------------------------------------------------------------
@@ -280,7 +285,7 @@ _JAX_SCRIPT = """
 import json, sys
 import numpy as np
 import keras
-from edgekd.ensemble.fusion import fuse
+from edgekd.training.ensemble.fusion import fuse
 case = json.loads(sys.stdin.read())
 out = {}
 for dustbin in (True, False):

@@ -1,17 +1,17 @@
 """The gated ensemble's values: batched gather -> run -> scatter equals the dense
 computation, the gate wakes the specialists a constructed generalist answer implies, and the
-fused answer is the TF-free runtime's (`edgekd.runtime.fusion`) on the same inputs."""
+fused answer is the TF-free runtime's (`edgekd.maths.fusion`) on the same inputs."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from edgekd.ensemble import fuse, gate, membership_matrix, scatter_specialist
-from edgekd.ensemble.gated import GatedEnsemble
-from edgekd.models import build_model
-from edgekd.runtime import fusion as nfusion
-from edgekd.trainer import predict_probs
+from edgekd.maths import fusion as nfusion
+from edgekd.training.ensemble import fuse, gate, membership_matrix, scatter_specialist
+from edgekd.training.ensemble.gated import GatedEnsemble
+from edgekd.training.models import build_model
+from edgekd.training.trainer import predict_probs
 
 GROUPS = [[0, 1], [1, 2, 3]]
 
@@ -26,7 +26,9 @@ def ensemble() -> GatedEnsemble:
         build_model("resnet10", num_classes=len(g) + 1, width=4, input_shape=(8, 8, 3))
         for g in GROUPS
     ]
-    return GatedEnsemble(gen, specs, GROUPS, num_classes=5, top_n=2, batch_size=16)
+    return GatedEnsemble(
+        gen, specs, GROUPS, num_classes=5, top_n=2, batch_size=16, dustbin=True, flip=False
+    )
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +56,17 @@ def test_gathered_equals_dense(ensemble, images):
 
 
 def test_confident_generalist_wakes_nobody(ensemble, images):
-    quiet = GatedEnsemble(ensemble.generalist, ensemble.specialists, GROUPS, 5, confidence=1e-6)
+    quiet = GatedEnsemble(
+        ensemble.generalist,
+        ensemble.specialists,
+        GROUPS,
+        5,
+        confidence=1e-6,
+        top_n=1,
+        dustbin=True,
+        batch_size=256,
+        flip=False,
+    )
     out = quiet.predict(images)
     assert out.active.sum() == 0
     np.testing.assert_allclose(out.probs, out.general, atol=1e-7)
@@ -77,7 +89,15 @@ EXPECTED_ACTIVE = [[1, 0], [1, 1], [0, 1], [0, 0], [1, 1]]
 
 def test_gate_wakes_the_specialists_the_top_classes_imply(ensemble, images):
     confident = GatedEnsemble(
-        ensemble.generalist, ensemble.specialists, GROUPS, 5, top_n=2, confidence=0.9
+        ensemble.generalist,
+        ensemble.specialists,
+        GROUPS,
+        5,
+        top_n=2,
+        confidence=0.9,
+        dustbin=True,
+        batch_size=256,
+        flip=False,
     )
     out = confident.predict(images[: len(GENERAL)], general=GENERAL)
     np.testing.assert_array_equal(out.active, EXPECTED_ACTIVE)
@@ -96,7 +116,7 @@ def test_gate_wakes_the_specialists_the_top_classes_imply(ensemble, images):
 
 
 def test_fused_answer_is_the_tf_free_runtimes(ensemble, images):
-    """The same generalist and specialist probabilities through edgekd.runtime.fusion (numpy,
+    """The same generalist and specialist probabilities through edgekd.maths.fusion (numpy,
     what the device runs) give the same gate and the same fused probabilities."""
     x = images[: len(GENERAL)]
     out = ensemble.predict(x, general=GENERAL)
@@ -123,7 +143,16 @@ def test_fused_answer_is_the_tf_free_runtimes(ensemble, images):
 
 def test_call_is_the_fused_probabilities_and_macs_follow_activation(ensemble, images):
     assert ensemble.macs_per_image(100, [10, 20], [0.5, 0.25]) == pytest.approx(110.0)
-    flip = GatedEnsemble(ensemble.generalist, ensemble.specialists, GROUPS, 5, flip=True)
+    flip = GatedEnsemble(
+        ensemble.generalist,
+        ensemble.specialists,
+        GROUPS,
+        5,
+        flip=True,
+        top_n=1,
+        dustbin=True,
+        batch_size=256,
+    )
     assert flip.macs_per_image(100, [10, 20], [0.5, 0.25]) == pytest.approx(220.0)  # 2 views
     called = ensemble(images[:6])
     np.testing.assert_allclose(called, ensemble.predict(images[:6]).probs, atol=1e-7)

@@ -7,8 +7,8 @@ import keras
 import numpy as np
 import pytest
 
-from edgekd.ensemble.fusion import membership_matrix
-from edgekd.ensemble.gating import activation_plan, gate, top_n_candidates
+from edgekd.training.ensemble.fusion import membership_matrix
+from edgekd.training.ensemble.gating import activation_plan, gate, top_n_candidates
 
 P = np.array(
     [

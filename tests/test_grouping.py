@@ -1,11 +1,11 @@
-"""Tests for edgekd.grouping: affinities, class groups for specialists, recipe groups."""
+"""Tests for edgekd.maths.grouping: affinities, class groups for specialists, recipe groups."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from edgekd.grouping import (
+from edgekd.maths.grouping import (
     captured_mass,
     confusion_affinity,
     covariance_affinity,

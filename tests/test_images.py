@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 
 from edgekd.data.folder import decode_folder, scan_folder
+from edgekd.data.images import BACKGROUND, read_rgb, to_rgb
+from edgekd.device.predict import read_image
 from edgekd.errors import DataError
-from edgekd.images import BACKGROUND, read_rgb, to_rgb
-from edgekd.predict import read_image
 
 RAMP16 = (np.arange(16 * 16).reshape(16, 16) * 257).astype(np.uint16)  # 0..65535 in 257 steps
 

@@ -1,4 +1,4 @@
-"""Tests for edgekd.models: ResNet graph, registry, parameter and MAC counts."""
+"""Tests for edgekd.training.models: ResNet graph, registry, parameter and MAC counts."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import pytest
 
-from edgekd.models import (
+from edgekd.training.models import (
     CIFAR10_MEAN,
     CIFAR10_STD,
     architecture_names,
@@ -25,7 +25,7 @@ from edgekd.models import (
     inherits,
     model_summary_stats,
 )
-from edgekd.models.registry import ARCHITECTURES
+from edgekd.training.models.registry import ARCHITECTURES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MEAN_PIXELS = np.array(CIFAR10_MEAN, dtype="float32") * 255.0
@@ -332,7 +332,7 @@ def test_builds_and_predicts_on_jax_without_tensorflow() -> None:
         import sys
         import numpy as np
         import keras
-        from edgekd.models import build_model, count_macs
+        from edgekd.training.models import build_model, count_macs
 
         assert keras.backend.backend() == "jax", keras.backend.backend()
         model = build_model("resnet18", num_classes=10, width=4)

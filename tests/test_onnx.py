@@ -23,9 +23,9 @@ from edgekd.converters.onnx import (
     export_onnx,
     quantize_onnx_int8,
 )
-from edgekd.models import build_model
-from edgekd.runtime import load_runner
-from edgekd.runtime.onnx import OnnxRunner
+from edgekd.device.runtime import load_runner
+from edgekd.device.runtime.onnx import OnnxRunner
+from edgekd.training.models import build_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -375,7 +375,7 @@ import json, sys
 sys.modules["tensorflow"] = None  # any import of TensorFlow now fails
 sys.modules["keras"] = None
 import numpy as np
-from edgekd.runtime import load_runner
+from edgekd.device.runtime import load_runner
 x = np.load(sys.argv[1])
 out = {}
 for path in sys.argv[2:]:

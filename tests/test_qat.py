@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 
 from edgekd.converters.qat import clone_logits, qat_int8_tflite, qat_loss
-from edgekd.losses import distillation_loss
-from edgekd.models import build_model
-from edgekd.runtime import load_runner
+from edgekd.device.runtime import load_runner
+from edgekd.training.losses import distillation_loss
+from edgekd.training.models import build_model
 
 SHAPE = (16, 16, 3)
 CLASSES = 3

@@ -14,7 +14,7 @@ import textwrap
 import pytest
 
 from edgekd.errors import RunDirError
-from edgekd.run import LOCK, MANIFEST, RunDir
+from edgekd.training.run import LOCK, MANIFEST, RunDir
 from tests.conftest import REPO, run_cli, smoke_copy
 from tests.test_cli_errors import assert_user_error
 
@@ -73,7 +73,7 @@ def test_lock_of_a_killed_process_does_not_block(tmp_path):
     """flock dies with its holder: kill -9 the holder and the next writer gets in."""
     script = textwrap.dedent(f"""
         import sys, time
-        from edgekd.run import RunDir
+        from edgekd.training.run import RunDir
         with RunDir({str(tmp_path / "run")!r}).lock("holder"):
             print("locked", flush=True)
             time.sleep(600)
@@ -163,7 +163,7 @@ def damaged_runs(smoke_trained, tmp_path_factory):
 def test_corrupt_artifact_matrix_eval(damaged_runs, rel, how):
     """Evaluating a damaged run: a RunDirError naming the damaged file, nothing else. In
     process (the CLI's mapping of that error to exit 2 is checked once, below)."""
-    from edgekd.evaluate import evaluate_run
+    from edgekd.training.evaluate import evaluate_run
 
     run = damaged_runs[rel, how]
     with pytest.raises(RunDirError) as info:
@@ -200,7 +200,7 @@ def test_keras_safe_mode_refusal_is_a_clear_error(smoke_trained, tmp_path):
     edgekd says so in one line, exit 2, even when the manifest's checksum matches."""
     import keras
 
-    from edgekd.run import file_digest
+    from edgekd.training.run import file_digest
 
     run = smoke_copy(smoke_trained, tmp_path / "run")
     inputs = keras.Input((32, 32, 3))

@@ -13,11 +13,11 @@ import keras
 import numpy as np
 import pytest
 
-from edgekd.ensemble import fusion as kfusion
-from edgekd.ensemble import gating as kgating
-from edgekd.ensemble.gated import GatedEnsemble
-from edgekd.runtime import fusion as nfusion
-from edgekd.runtime.ensemble import EnsembleResult, EnsembleRunner
+from edgekd.device.runtime.ensemble import EnsembleResult, EnsembleRunner
+from edgekd.maths import fusion as nfusion
+from edgekd.training.ensemble import fusion as kfusion
+from edgekd.training.ensemble import gating as kgating
+from edgekd.training.ensemble.gated import GatedEnsemble
 from tests.conftest import run_python_json
 
 SHAPE = (16, 16, 3)
@@ -186,7 +186,7 @@ def test_gate_and_top_n_match_keras() -> None:
 
 
 def _write_members(ens: GatedEnsemble, out: Path, files: dict[str, str]) -> None:
-    """ensemble.json as `edgekd.export._export_members` writes it."""
+    """ensemble.json as `edgekd.export.exporter._export_members` writes it."""
     config = ens.config(CLASSES)
     config["members"] = {
         "generalist": {"files": {"tflite/float32": files["generalist"]}, "outputs": CLASSES},
@@ -219,7 +219,7 @@ def exported(tmp_path_factory) -> tuple[GatedEnsemble, Path]:
     """A generalist and two dustbin specialists (random ResNet-10s), exported to float32
     .tflite with an ensemble.json next to them."""
     from edgekd.converters.tflite import export_tflite
-    from edgekd.models import build_model
+    from edgekd.training.models import build_model
 
     keras.utils.set_random_seed(3)
     gen = build_model("resnet10", num_classes=5, width=4, input_shape=SHAPE, name="gen")
@@ -227,7 +227,7 @@ def exported(tmp_path_factory) -> tuple[GatedEnsemble, Path]:
         build_model("resnet10", num_classes=len(g) + 1, width=4, input_shape=SHAPE, name=f"s{m}")
         for m, g in enumerate(GROUPS)
     ]
-    ens = GatedEnsemble(gen, specs, GROUPS, 5, top_n=1, batch_size=16)
+    ens = GatedEnsemble(gen, specs, GROUPS, 5, top_n=1, batch_size=16, dustbin=True, flip=False)
     out = tmp_path_factory.mktemp("members")
     files = {"generalist": "generalist.tflite"}
     files.update({f"specialist_{m}": f"specialist_{m}.tflite" for m in range(len(GROUPS))})
@@ -261,7 +261,17 @@ def test_runner_matches_gated_ensemble(exported, images) -> None:
 def test_runner_reads_gating_from_json(exported, images, tmp_path) -> None:
     """top_n and confidence come from ensemble.json, as GatedEnsemble applies them."""
     ens, members = exported
-    other = GatedEnsemble(ens.generalist, ens.specialists, GROUPS, 5, top_n=2, confidence=0.3)
+    other = GatedEnsemble(
+        ens.generalist,
+        ens.specialists,
+        GROUPS,
+        5,
+        top_n=2,
+        confidence=0.3,
+        dustbin=True,
+        batch_size=256,
+        flip=False,
+    )
     for f in members.glob("*.tflite"):
         shutil.copy(f, tmp_path / f.name)
     names = {f.stem: f.name for f in members.glob("*.tflite")}
@@ -311,7 +321,7 @@ def test_runner_needs_no_tensorflow_or_keras(exported, images, tmp_path) -> None
         sys.modules["tensorflow"] = None  # any import of TensorFlow now raises ImportError
         sys.modules["keras"] = None
         import numpy as np
-        from edgekd.runtime.ensemble import EnsembleRunner
+        from edgekd.device.runtime.ensemble import EnsembleRunner
         runner = EnsembleRunner(sys.argv[1], batch_size=4)
         out = runner.predict(np.load(sys.argv[2]))
         loaded = [m for m in sys.modules if m.startswith(("tensorflow", "keras"))
@@ -332,7 +342,9 @@ def test_runner_applies_flip_averaging_from_json(exported, images, tmp_path) -> 
     """`tta.flip` in ensemble.json: the runner averages every member over the mirror image,
     as GatedEnsemble(flip=True) does, and counts both views' model runs."""
     ens, members = exported
-    flipped = GatedEnsemble(ens.generalist, ens.specialists, GROUPS, 5, top_n=1, flip=True)
+    flipped = GatedEnsemble(
+        ens.generalist, ens.specialists, GROUPS, 5, top_n=1, flip=True, dustbin=True, batch_size=256
+    )
     for f in members.glob("*.tflite"):
         shutil.copy(f, tmp_path / f.name)
     _write_members(flipped, tmp_path, {f.stem: f.name for f in members.glob("*.tflite")})
@@ -418,10 +430,10 @@ def test_malformed_ensemble_json_is_a_value_error(exported, tmp_path, damage, ne
 def real_export(smoke_exported):
     """The exported members/ of the session's smoke run, the run's validation split and the
     Keras gated ensemble's answer on it."""
-    from edgekd.dataset import prepare_data
-    from edgekd.ensemble.gated import load_gated_ensemble
+    from edgekd.data.dataset import prepare_data
     from edgekd.recipe import build_recipe
-    from edgekd.run import RunDir
+    from edgekd.training.ensemble.gated import load_gated_ensemble
+    from edgekd.training.run import RunDir
 
     run = RunDir.open_existing(smoke_exported)
     val = prepare_data(build_recipe(run.manifest["recipe"]), progress=False).val

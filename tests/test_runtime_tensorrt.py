@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edgekd.runtime import load_runner
-from edgekd.runtime.tensorrt import TensorRTRunner
+from edgekd.device.runtime import load_runner
+from edgekd.device.runtime.tensorrt import TensorRTRunner
 from tests.conftest import run_python_json
 
 H = W_ = 6
@@ -499,7 +499,7 @@ def test_runner_never_imports_tensorflow(images, tmp_path):
         import numpy as np
         from tests.test_runtime_tensorrt import FakeCudart, fake_modules
         sys.modules.update(fake_modules(FakeCudart()))
-        from edgekd.runtime import load_runner
+        from edgekd.device.runtime import load_runner
         runner = load_runner(sys.argv[1], batch_size=4)
         scores = runner.predict(np.load(sys.argv[2]))
         heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras"))
@@ -513,7 +513,7 @@ def test_runner_never_imports_tensorflow(images, tmp_path):
 
 def test_bench_measures_an_engine_row(cudart, images, tmp_path):
     """The bench child's side of an engine row: the runner, the backend name, accuracy."""
-    from edgekd.bench import measure_here
+    from edgekd.device.bench import measure_here
 
     labels = np.argmax(reference(images), axis=1).astype(np.int32)
     labels[0] = (labels[0] + 1) % K  # one wrong label: accuracy 10/11

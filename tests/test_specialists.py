@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 from edgekd.data import EnrichedBatches
-from edgekd.models.layers import LogitAdjustment
-from edgekd.stages.specialists import (
+from edgekd.maths.specialist import (
     dustbin_correction,
     specialist_labels,
     specialist_metrics,
 )
+from edgekd.training.models.layers import LogitAdjustment
 
 
 def test_specialist_labels_map_outsiders_to_dustbin():

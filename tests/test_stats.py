@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from edgekd.stats import compare_paired, mcnemar_exact, mean_std, paired_bootstrap_ci
+from edgekd.maths.stats import compare_paired, mcnemar_exact, mean_std, paired_bootstrap_ci
 
 
 @pytest.mark.parametrize(

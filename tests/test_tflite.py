@@ -18,9 +18,10 @@ import numpy as np
 import pytest
 
 from edgekd.converters.tflite import PRECISIONS, export_tflite
-from edgekd.models import build_model
-from edgekd.runtime.base import dequantize_output, load_runner, quantize_input
-from edgekd.runtime.tflite import TFLiteRunner
+from edgekd.device.runtime import load_runner
+from edgekd.device.runtime.base import dequantize_output, quantize_input
+from edgekd.device.runtime.tflite import TFLiteRunner
+from edgekd.training.models import build_model
 from tests.conftest import run_python_json
 
 SHAPE = (16, 16, 3)
@@ -202,7 +203,7 @@ def test_runner_rejects_bad_input(exported, images):
 def test_delegates_are_loaded_and_handed_to_the_interpreter(exported, images, monkeypatch):
     """Each library goes through the runtime's load_delegate, the results into
     experimental_delegates (a recording stand-in: no GPU delegate can load here)."""
-    import edgekd.runtime.tflite as tflite_runtime
+    import edgekd.device.runtime.tflite as tflite_runtime
 
     reference = TFLiteRunner(exported["float32"]).predict(images[:5])
     real = tflite_runtime._load_interpreter_module()
@@ -258,7 +259,7 @@ def test_runtime_needs_no_tensorflow(exported, images, tmp_path):
         import json, sys
         sys.modules["tensorflow"] = None  # any import of TensorFlow now raises ImportError
         import numpy as np
-        from edgekd.runtime.tflite import TFLiteRunner
+        from edgekd.device.runtime.tflite import TFLiteRunner
         images = np.load(sys.argv[1])
         out = {}
         for path in sys.argv[2:]:

@@ -8,14 +8,15 @@ import keras
 import numpy as np
 import pytest
 
-from edgekd import accelerator, atomic
+from edgekd import atomic
 from edgekd.data import ImageSet
-from edgekd.evaluate import Evaluation, confusion_matrix, per_class_table
-from edgekd.losses import SparseCrossentropy
-from edgekd.models import build_model
 from edgekd.recipe import ModelTrainConfig
-from edgekd.schedules import OneCycle, WarmupCosine, build_schedule
-from edgekd.trainer import predict_probs, train_classifier
+from edgekd.training import accelerator
+from edgekd.training.evaluate import Evaluation, confusion_matrix, per_class_table
+from edgekd.training.losses import SparseCrossentropy
+from edgekd.training.models import build_model
+from edgekd.training.schedules import OneCycle, WarmupCosine, build_schedule
+from edgekd.training.trainer import predict_probs, train_classifier
 
 
 def test_warmup_cosine_values():
@@ -148,8 +149,8 @@ def test_mixed_precision_keeps_float32_logits(tmp_path):
 
 def test_distiller_resume_equals_uninterrupted(tmp_path):
     """A Distiller checkpoint carries the student and optimizer (not the teacher) and resumes."""
-    from edgekd.distill import Distiller, ModelTeacher
-    from edgekd.schedules import Ramp
+    from edgekd.training.distill import Distiller, ModelTeacher
+    from edgekd.training.schedules import Ramp
 
     data = _tiny_data()
     accel = accelerator.resolve("float32", False)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from edgekd.data.source import Dataset, ImageSet, SourceSpec, load_source, parse_source
+from edgekd.data.imageset import ImageSet, label_map
+from edgekd.data.source import Dataset, SourceSpec, load_source, parse_source
 from edgekd.data.split import choose_per_class, stratified_split
 
 if TYPE_CHECKING:
@@ -22,6 +23,7 @@ __all__ = [
     "ImageSet",
     "SourceSpec",
     "choose_per_class",
+    "label_map",
     "load_source",
     "parse_source",
     "stratified_split",

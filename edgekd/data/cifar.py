@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from edgekd.data.cache import FileStat
-from edgekd.data.source import ImageSet
+from edgekd.data.imageset import ImageSet
 from edgekd.errors import DataError
 
 # The function numpy's ndarray.__reduce__ names, found without importing numpy.core (which

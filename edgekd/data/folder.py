@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from edgekd.data.cache import FileStat
-from edgekd.data.source import ImageSet, Progress
+from edgekd.data.images import read_rgb
+from edgekd.data.imageset import ImageSet, Progress
 from edgekd.data.split import choose_per_class
 from edgekd.errors import DataError
-from edgekd.images import read_rgb
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"})
 

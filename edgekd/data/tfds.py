@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from edgekd.data.cache import FileStat
-from edgekd.data.source import ImageSet, Progress, resize_images
+from edgekd.data.imageset import ImageSet, Progress, resize_images
 from edgekd.errors import DataError
 
 CONNECT_TIMEOUT_S = 3.0

@@ -1,0 +1,78 @@
+"""What a stage is: a name, the stages and recipe sections it reads, and a `run`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from edgekd.data import Augment
+from edgekd.data.dataset import PreparedData
+from edgekd.recipe import Recipe
+from edgekd.training.accelerator import Accelerator
+from edgekd.training.run import RunDir
+
+
+@dataclass
+class StageContext:
+    """Everything a stage may use: recipe, data, hardware, the run directory."""
+
+    recipe: Recipe
+    data: PreparedData
+    accel: Accelerator
+    run: RunDir
+    verbose: str | int = "auto"
+    log: Callable[[str], None] = print
+
+
+@dataclass
+class StageOutcome:
+    """What a finished stage records in the manifest (artifact paths relative to the run)."""
+
+    metrics: dict[str, Any] = field(default_factory=dict)
+    artifacts: dict[str, str] = field(default_factory=dict)
+
+
+def check_batch_size(recipe: Recipe, section: str, data: PreparedData) -> None:
+    """A recipe error when `<section>.batch_size` exceeds the training images."""
+    batch = getattr(recipe, section).batch_size
+    if batch > len(data.train):
+        raise recipe.error(
+            f"{section}.batch_size",
+            f"{batch} is larger than the {len(data.train)} training images",
+        )
+
+
+class Stage:
+    """Base class. `sections` are the recipe sections whose change reruns the stage;
+    `reads` are upstream stages whose hashes chain into this one."""
+
+    name: ClassVar[str]
+    sections: ClassVar[tuple[str, ...]]
+    reads: ClassVar[tuple[str, ...]] = ()
+
+    def input_hash(self, recipe: Recipe, data_fingerprint: str, upstream: dict[str, str]) -> str:
+        """Hash of everything that determines this stage's result."""
+        return recipe.digest(
+            *self.sections,
+            extra={"data": data_fingerprint, **{s: upstream.get(s, "") for s in self.reads}},
+        )
+
+    def extends(self, recipe: Recipe, metrics: dict[str, Any]) -> bool:
+        """True when the recipe asks a finished stage for more than it holds (e.g. more seeds)
+        and the stage can add it without redoing what it has."""
+        return False
+
+    def check(self, recipe: Recipe, data: PreparedData) -> None:
+        """Pre-flight checks that need the data; raise before anything is written."""
+
+    def run(self, ctx: StageContext) -> StageOutcome:
+        raise NotImplementedError
+
+
+def augment_of(ctx: StageContext) -> Augment:
+    """The recipe's `data.augment`, as the batches' augmentation every stage trains with."""
+    a = ctx.recipe.data.augment
+    return Augment(
+        crop_padding=a.crop_padding, padding_mode=a.padding_mode, flip=a.flip, cutout=a.cutout
+    )
