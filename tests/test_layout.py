@@ -14,7 +14,7 @@ DEVICE_SIDE = ("edgekd.device", "edgekd.maths", "edgekd.contract", "edgekd.recip
                "edgekd.tables", "edgekd.data")  # fmt: skip
 TRAINING_ONLY = ("edgekd.training", "edgekd.export", "edgekd.converters")
 # A TF-free name table: the recipe checks `arch:` against it; Keras loads only in build_model.
-ALLOWED = {("edgekd.recipe", "edgekd.training.models")}
+ALLOWED = {("edgekd.recipe.schema", "edgekd.training.models")}
 
 
 def _modules() -> dict[str, Path]:

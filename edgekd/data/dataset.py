@@ -22,7 +22,8 @@ from edgekd.data import (
     stratified_split,
 )
 from edgekd.errors import DataError
-from edgekd.recipe import DataConfig, Recipe, _unknown
+from edgekd.recipe import DataConfig, Recipe
+from edgekd.recipe.schema import _unknown
 
 
 @dataclass
