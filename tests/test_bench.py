@@ -347,8 +347,8 @@ def test_find_targets_tensorrt_engines(tmp_path):
 
 
 def test_select_formats_skips_missing_tensorrt(tmp_path, monkeypatch):
-    assert bench._runtime_available("tensorrt") is False  # no tensorrt / cuda-python here
-    monkeypatch.setattr(bench, "_runtime_available", lambda r: r != "tensorrt")
+    assert bench.runner._runtime_available("tensorrt") is False  # no tensorrt / cuda-python here
+    monkeypatch.setattr(bench.runner, "_runtime_available", lambda r: r != "tensorrt")
     assert select_formats(tmp_path, "all") == (["tflite", "onnx"], [])  # no engines: no note
     (tmp_path / "student-int8.engine").write_bytes(b"x")
     formats, notes = select_formats(tmp_path, "all")
@@ -356,7 +356,7 @@ def test_select_formats_skips_missing_tensorrt(tmp_path, monkeypatch):
     assert notes and notes[0].startswith("tensorrt not installed: student-int8.engine skipped")
     with pytest.raises(BenchError, match=r"--runtime tensorrt: not installed .*cuda-python"):
         select_formats(tmp_path, "tensorrt")
-    monkeypatch.setattr(bench, "_runtime_available", lambda r: True)
+    monkeypatch.setattr(bench.runner, "_runtime_available", lambda r: True)
     assert select_formats(tmp_path, "tensorrt") == (["tensorrt"], [])
     assert select_formats(tmp_path, "all")[0] == ["tflite", "onnx", "tensorrt"]
 
@@ -460,7 +460,7 @@ def test_plot_labels_of_close_points_do_not_overlap():
     ]
     fig, ax = plt.subplots(figsize=(8, 5))
     ax.scatter([r["latency_ms"]["p50"] for r in rows], [100 * r["accuracy"] for r in rows])
-    bench._place_labels(fig, ax, rows)
+    bench.report._place_labels(fig, ax, rows)
     renderer = fig.canvas.get_renderer()
     boxes = [t.get_window_extent(renderer) for t in ax.texts]
     assert sorted(t.get_text() for t in ax.texts) == sorted(r["precision"] for r in rows)
