@@ -11,16 +11,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edgekd.contract import (
-    LABELS_FILE,
-)
+from edgekd.contract import LABELS_FILE
+from edgekd.device.bench.options import BenchError
+from edgekd.device.bench.targets import readable_spec, student_cards
 from edgekd.device.predict import read_image
 from edgekd.errors import DataError, RecipeError
 
 if TYPE_CHECKING:
     from edgekd.recipe import Recipe
-from edgekd.device.bench.options import BenchError
-from edgekd.device.bench.targets import _readable_spec, _student_cards
 
 
 @dataclass
@@ -44,10 +42,10 @@ def read_classes(export_dir: Path) -> list[str]:
         names = [line.strip() for line in text.splitlines() if line.strip()]
         if names:
             return names
-    spec = _readable_spec(export_dir)
+    spec = readable_spec(export_dir)
     if spec is not None:
         return list(spec.classes)
-    for card in _student_cards(export_dir):
+    for card in student_cards(export_dir):
         if card.classes:
             return list(card.classes)
     raise BenchError(f"{labels}: no such file; bench needs the class names of {export_dir}")
@@ -134,7 +132,7 @@ def _run_recipe(export_dir: Path) -> tuple[Recipe, Path] | None:
     from edgekd.recipe import load_recipe
 
     candidates = [export_dir.parent]
-    run = next((card.run for card in _student_cards(export_dir) if card.run), None)
+    run = next((card.run for card in student_cards(export_dir) if card.run), None)
     if run:
         candidates.append(Path(run))
     errors: list[str] = []

@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from edgekd.contract import (
-    PRECISIONS,
-    QAT_TAG,
-)
+from edgekd.contract import PRECISIONS, QAT_TAG
 from edgekd.errors import EdgekdError
-
-if TYPE_CHECKING:
-    pass
-
 
 RUNTIMES = ("litert", "onnxruntime", "tensorrt", "all")
 FORMAT_OF = {"litert": "tflite", "onnxruntime": "onnx", "tensorrt": "tensorrt"}
 # The student files of each format are those edgekd.contract.FORMATS names: TensorRT
 # engines as `sh student-int8.trtexec.sh` (or `build_engine`) writes them on the device,
 # or under the other usual suffix.
-_INSTALL = {
+INSTALL_HINTS = {
     "litert": "pip install ai-edge-litert",
     "onnxruntime": "pip install onnxruntime",
     "tensorrt": "the tensorrt Python package from JetPack/the TensorRT install, and "
@@ -33,6 +24,7 @@ DEFAULT_LIMIT = 1000
 DEFAULT_WARMUP = 10  # batch-1 calls before timing
 DEFAULT_RUNS = 100  # timed batch-1 calls
 DEFAULT_ROUNDS = 3  # fresh processes per model; timings are medians over them
+
 
 class BenchError(EdgekdError):
     """An export folder, device profile or bench option is missing or malformed."""

@@ -6,15 +6,9 @@ import os
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from edgekd import safe_yaml
-from edgekd.contract import (
-    PRECISIONS,
-)
-
-if TYPE_CHECKING:
-    pass
+from edgekd.contract import PRECISIONS
 from edgekd.device.bench.options import DEFAULT_BATCH, RUNTIMES, BenchError
 
 _PROFILE_KEYS = {

@@ -11,38 +11,30 @@ from dataclasses import asdict
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from edgekd.contract import (
-    ENSEMBLE_FILE,
-    FORMATS,
-    TRTEXEC_SUFFIX,
-    ContractError,
-)
-
-if TYPE_CHECKING:
-    pass
+from edgekd.contract import ENSEMBLE_FILE, FORMATS, TRTEXEC_SUFFIX, ContractError
 from edgekd.device.bench.child import measure
 from edgekd.device.bench.images import load_eval_images, read_classes
 from edgekd.device.bench.options import (
-    _INSTALL,
     DEFAULT_LIMIT,
     DEFAULT_ROUNDS,
     DEFAULT_RUNS,
     DEFAULT_WARMUP,
     FORMAT_OF,
+    INSTALL_HINTS,
     RUNTIMES,
     BenchError,
 )
 from edgekd.device.bench.profiles import DeviceProfile, load_profile
 from edgekd.device.bench.targets import (
     Target,
-    _readable_spec,
-    _student_cards,
     ensemble_spec,
     find_targets,
+    readable_spec,
+    student_cards,
 )
 
 
@@ -91,12 +83,12 @@ def _input_size(targets: Sequence[Target], export_dir: Path) -> tuple[int, int]:
     """(height, width) the models take, from a model card or ensemble.json."""
     # Any student card will do (all take the same images): an engine built on the device
     # has no card of its own, but the ONNX file it came from has.
-    cards = [t.card for t in targets if t.card is not None] + _student_cards(export_dir)
+    cards = [t.card for t in targets if t.card is not None] + student_cards(export_dir)
     for card in cards:
         shape = card.input_shape
         if shape and len(shape) == 4 and shape[1] and shape[2]:
             return int(shape[1]), int(shape[2])
-    spec = _readable_spec(export_dir)
+    spec = readable_spec(export_dir)
     if spec is not None and spec.input_shape is not None:
         return spec.input_shape[0], spec.input_shape[1]
     from edgekd.device.runtime import load_runner  # no card: ask the file itself
@@ -141,7 +133,7 @@ def select_formats(export_dir: Path, runtime: str) -> tuple[list[str], list[str]
     wanted = ["litert", "onnxruntime", "tensorrt"] if runtime == "all" else [runtime]
     missing = [r for r in wanted if not _runtime_available(r)]
     if missing and runtime != "all":
-        raise BenchError(f"--runtime {runtime}: not installed ({_INSTALL[runtime]})")
+        raise BenchError(f"--runtime {runtime}: not installed ({INSTALL_HINTS[runtime]})")
     notes: list[str] = []
     for r in missing:
         if r != "tensorrt":
@@ -151,7 +143,8 @@ def select_formats(export_dir: Path, runtime: str) -> tuple[list[str], list[str]
         engines = [t.path.name for t in find_targets(export_dir, ["tensorrt"])]
         if engines:
             notes.append(
-                f"tensorrt not installed: {', '.join(engines)} skipped ({_INSTALL['tensorrt']})"
+                f"tensorrt not installed: {', '.join(engines)} skipped "
+                f"({INSTALL_HINTS['tensorrt']})"
             )
     formats = [FORMAT_OF[r] for r in wanted if r not in missing]
     if not formats:

@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from edgekd.contract import (
     ENSEMBLE_FILE,
@@ -22,9 +21,6 @@ from edgekd.contract import (
     read_ensemble_spec,
     variant_key,
 )
-
-if TYPE_CHECKING:
-    pass
 from edgekd.device.bench.options import _PRECISION_ORDER, ENSEMBLE_PRECISIONS
 
 
@@ -63,7 +59,7 @@ def _student_precision(path: Path, card: ModelCard | None) -> str | None:
     return f"{card.precision}{QAT_TAG}" if qat and card.precision == "int8" else card.precision
 
 
-def _student_cards(export_dir: Path) -> list[ModelCard]:
+def student_cards(export_dir: Path) -> list[ModelCard]:
     """The cards of the export's student files (`student*.<suffix>.json`), by name."""
     paths = sorted(export_dir.glob("student*.json"))
     return [read_card(p) for p in paths if parse_file_name(p.name.removesuffix(".json"))]
@@ -79,7 +75,7 @@ def ensemble_spec(export_dir: Path) -> EnsembleSpec | None:
     return read_ensemble_spec(path) if path.is_file() else None
 
 
-def _readable_spec(export_dir: Path) -> EnsembleSpec | None:
+def readable_spec(export_dir: Path) -> EnsembleSpec | None:
     """`ensemble_spec`, with a malformed file counting as none (bench still runs the
     student; `run_bench` says why the ensemble has no rows)."""
     try:
@@ -115,7 +111,7 @@ def find_targets(
             found.append(Target("student", fmt, precision, path, [path], size, card))
         targets += sorted(found, key=lambda t: (_PRECISION_ORDER[t.precision], t.path.name))
     members = export_dir / "members"
-    spec = _readable_spec(export_dir)
+    spec = readable_spec(export_dir)
     if spec is not None and spec.members is not None:
         from edgekd.device.runtime.ensemble import member_path
 
