@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from filelock import FileLock
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR_JPEG = Path(
@@ -20,10 +21,35 @@ CIFAR_JPEG = Path(
 )
 
 
+def _shared_root(tmp_path_factory) -> Path:
+    """A folder every pytest-xdist worker of this session sees (the workers' common parent);
+    without xdist, the session's own temporary folder."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def _once(tmp_path_factory, name: str, make) -> dict[str, Any]:
+    """Build `name` once per session, however many xdist workers ask: the first holds a
+    file lock while `make(folder)` runs and records its JSON result; the rest read it."""
+    root = _shared_root(tmp_path_factory)
+    record = root / f"{name}.json"
+    with FileLock(str(record) + ".lock"):
+        if record.is_file():
+            return json.loads(record.read_text())
+        folder = root / name
+        if folder.exists():  # a worker that failed to build it left this behind
+            shutil.rmtree(folder)
+        result = make(folder)
+        record.write_text(json.dumps(result))
+        return result
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _private_cache(tmp_path_factory):
-    """Keep tests' decoded-image caches out of the user's ~/.cache, shared within a session."""
-    cache = tmp_path_factory.mktemp("edgekd-cache")
+    """Keep tests' decoded-image caches out of the user's ~/.cache, shared within a session
+    (and between its xdist workers: cache entries are written atomically)."""
+    cache = _shared_root(tmp_path_factory) / "edgekd-cache"
+    cache.mkdir(exist_ok=True)
     old = os.environ.get("EDGEKD_CACHE")
     os.environ["EDGEKD_CACHE"] = str(cache)
     yield cache
@@ -42,16 +68,24 @@ def cifar_jpeg() -> Path:
 
 @pytest.fixture(scope="session")
 def smoke_trained(tmp_path_factory, cifar_jpeg) -> tuple[Path, subprocess.CompletedProcess, float]:
-    """The smoke recipe on real CIFAR-10 JPEGs, trained once per session; modules that change
-    a run take a copy (`smoke_copy`), so each starts from the same pristine run."""
-    run_dir = tmp_path_factory.mktemp("runs") / "smoke"
-    t0 = time.perf_counter()
-    proc = run_cli(
-        "train", "smoke", "--set", f"data.path={cifar_jpeg}", "--run-dir", str(run_dir), "--quiet"
-    )
-    wall = time.perf_counter() - t0
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return run_dir, proc, wall
+    """The smoke recipe on real CIFAR-10 JPEGs, trained once per session (shared by the xdist
+    workers); modules that change a run take a copy (`smoke_copy`), so each starts from the
+    same pristine run."""
+
+    def make(run_dir: Path) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        proc = run_cli(
+            "train", "smoke", "--set", f"data.path={cifar_jpeg}", "--run-dir", str(run_dir),
+            "--quiet",
+        )  # fmt: skip
+        wall = time.perf_counter() - t0
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return {"run_dir": str(run_dir), "args": proc.args, "stdout": proc.stdout,
+                "stderr": proc.stderr, "wall": wall}  # fmt: skip
+
+    r = _once(tmp_path_factory, "smoke-trained", make)
+    proc = subprocess.CompletedProcess(r["args"], 0, r["stdout"], r["stderr"])
+    return Path(r["run_dir"]), proc, r["wall"]
 
 
 @pytest.fixture(scope="session")
@@ -59,12 +93,16 @@ def smoke_exported(smoke_trained, tmp_path_factory) -> Path:
     """A copy of the session's smoke run exported once, as a user runs it: the student and
     every member (generalist, specialists) as float32 and int8 .tflite and .onnx, in
     RUN/export/ and RUN/export/members/. Tests read it; none may change it."""
-    run_dir = smoke_copy(smoke_trained, tmp_path_factory.mktemp("runs") / "smoke-exported")
-    proc = run_cli(
-        "export", str(run_dir), "--float", "--int8", "--format", "tflite,onnx", "--members"
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return run_dir
+
+    def make(run_dir: Path) -> dict[str, Any]:
+        smoke_copy(smoke_trained, run_dir)
+        proc = run_cli(
+            "export", str(run_dir), "--float", "--int8", "--format", "tflite,onnx", "--members"
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return {"run_dir": str(run_dir)}
+
+    return Path(_once(tmp_path_factory, "smoke-exported", make)["run_dir"])
 
 
 def smoke_copy(smoke_trained, destination: Path) -> Path:
