@@ -89,6 +89,7 @@ def test_overhead_verdict_on_hand_timings(bench):
     assert "PASS (limit 15%)" in bench.report(result)
 
 
+@pytest.mark.slow
 def test_command_line_writes_what_it_prints(bench, tmp_path, capsys):
     out = tmp_path / "result.json"
     args = ["--synthetic", "--batch", "8", "--steps", "1", "--rounds", "2", "--warmup", "1"]

@@ -326,6 +326,7 @@ def test_save_and_load_give_identical_predictions(tmp_path: Path) -> None:
     assert [layer.name for layer in loaded.layers] == [layer.name for layer in model.layers]
 
 
+@pytest.mark.slow
 def test_builds_and_predicts_on_jax_without_tensorflow() -> None:
     script = textwrap.dedent(
         """

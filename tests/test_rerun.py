@@ -93,6 +93,23 @@ def test_rerun_skips_and_changed_recipe_reruns(smoke_run, cifar_jpeg):
     assert (moved / "my-notes.txt").read_text() == "mine"
     assert (moved / "metrics.json").read_bytes() == old_metrics
 
+    # Deleting a stage's folder, as the skip message suggests, redoes that stage alone.
+    shutil.rmtree(run_dir / "groups")
+    proc = run_cli(*args, "--set", "ensemble.top_n=1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "groups/groups.json is missing: starting afresh" in proc.stdout
+    assert (run_dir / "groups" / "groups.json").is_file()
+    for stage in ("generalist", "specialists", "ensemble", "student"):
+        assert f"[{stage}] up to date, skipped" in proc.stdout, stage
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_generalist_change_reruns_everything(smoke_trained, tmp_path, cifar_jpeg):
+    """A change at the top of the chain retrains every stage below it, and a deleted model
+    folder is retrained."""
+    run_dir = smoke_copy(smoke_trained, tmp_path / "smoke")
+    args = ("train", "smoke", "--set", f"data.path={cifar_jpeg}", "--run-dir", str(run_dir), "-q")
     # A change to the generalist reruns it and everything downstream.
     stale = manifest(run_dir)["stages"]
     proc = run_cli(*args, "--set", "generalist.epochs=1")
