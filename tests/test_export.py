@@ -180,6 +180,7 @@ def test_export_set_override_is_validated(smoke_export):
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_eval_pairs_the_int8_file_with_its_float_model(smoke_export):
     """`edgekd eval` runs the exported int8 .tflite through LiteRT on the same images and
     reports int8 vs float as a paired difference."""

@@ -112,6 +112,7 @@ def test_force_accepts_the_failed_file(failed, tmp_path):
     assert forced["sha256"] == _sha256(copy / "export" / FILE)
 
 
+@pytest.mark.slow
 def test_tolerance_above_the_drop_passes_without_force(failed, tmp_path):
     """The same file passes once export.tolerance_pp exceeds its drop: the tolerance, not
     something else about the file, is what made the command exit 3."""

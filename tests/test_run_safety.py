@@ -93,6 +93,7 @@ def test_lock_of_a_killed_process_does_not_block(tmp_path):
         assert json.loads((tmp_path / "run" / ".lock-owner.json").read_text())["command"] == "next"
 
 
+@pytest.mark.slow
 def test_truncated_artifact_is_not_skipped(smoke_trained, tmp_path, cifar_jpeg):
     run = smoke_copy(smoke_trained, tmp_path / "run")
     model = run / "student" / "model.keras"

@@ -172,6 +172,7 @@ def test_student_seeds_and_budget_matched_control(smoke_run, tmp_path, cifar_jpe
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_eval_on_other_data_with_data_option(smoke_run, tmp_path, cifar_jpeg):
     run_dir, _, _ = smoke_run
     # A held-out style folder: a few real images of two classes, copied.
