@@ -111,6 +111,19 @@ def smoke_copy(smoke_trained, destination: Path) -> Path:
     return destination
 
 
+@pytest.fixture(scope="module")
+def smoke_run(smoke_trained, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess, float]:
+    """The requesting module's own copy of the session's smoke run (its tests may change it),
+    with the training command's output and wall time."""
+    _, proc, wall = smoke_trained
+    return smoke_copy(smoke_trained, tmp_path_factory.mktemp("runs") / "smoke"), proc, wall
+
+
+def read_manifest(run_dir: Path) -> dict:
+    """A run directory's manifest.json."""
+    return json.loads((run_dir / "manifest.json").read_text())
+
+
 def run_cli(
     *args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 300
 ) -> subprocess.CompletedProcess[str]:

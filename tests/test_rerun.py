@@ -11,18 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli, smoke_copy
-
-
-def manifest(run_dir: Path) -> dict:
-    return json.loads((run_dir / "manifest.json").read_text())
-
-
-@pytest.fixture(scope="module")
-def smoke_run(smoke_trained, tmp_path_factory):
-    """This module's copy of the session's smoke run (its test changes it)."""
-    _, proc, wall = smoke_trained
-    return smoke_copy(smoke_trained, tmp_path_factory.mktemp("runs") / "smoke"), proc, wall
+from tests.conftest import read_manifest, run_cli, smoke_copy
 
 
 def _reran(before: dict, after: dict) -> bool:
@@ -54,10 +43,10 @@ def _artifact_digests(run_dir: Path, record: dict) -> dict[str, str]:
 def test_rerun_skips_and_changed_recipe_reruns(smoke_run, cifar_jpeg):
     run_dir, _, _ = smoke_run
     args = ("train", "smoke", "--set", f"data.path={cifar_jpeg}", "--run-dir", str(run_dir), "-q")
-    before = manifest(run_dir)["stages"]
+    before = read_manifest(run_dir)["stages"]
     proc = run_cli(*args)
     assert proc.returncode == 0 and "up to date, skipped" in proc.stdout
-    assert manifest(run_dir)["stages"] == before  # nothing ran, nothing was rewritten
+    assert read_manifest(run_dir)["stages"] == before  # nothing ran, nothing was rewritten
     assert "inputs changed" not in proc.stdout and "starting" not in proc.stdout
 
     # A change to the ensemble section reruns the ensemble and the student it teaches (its
@@ -69,7 +58,7 @@ def test_rerun_skips_and_changed_recipe_reruns(smoke_run, cifar_jpeg):
     old_metrics = (run_dir / "ensemble" / "metrics.json").read_bytes()
     proc = run_cli(*args, "--set", "ensemble.top_n=1")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    after = manifest(run_dir)["stages"]
+    after = read_manifest(run_dir)["stages"]
     for stage in upstream:
         assert f"[{stage}] up to date, skipped" in proc.stdout
         assert f"[{stage}] starting" not in proc.stdout
@@ -111,10 +100,10 @@ def test_generalist_change_reruns_everything(smoke_trained, tmp_path, cifar_jpeg
     run_dir = smoke_copy(smoke_trained, tmp_path / "smoke")
     args = ("train", "smoke", "--set", f"data.path={cifar_jpeg}", "--run-dir", str(run_dir), "-q")
     # A change to the generalist reruns it and everything downstream.
-    stale = manifest(run_dir)["stages"]
+    stale = read_manifest(run_dir)["stages"]
     proc = run_cli(*args, "--set", "generalist.epochs=1")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    fresh = manifest(run_dir)["stages"]
+    fresh = read_manifest(run_dir)["stages"]
     assert set(fresh) == set(stale)
     for stage in stale:
         assert f"[{stage}] inputs changed since the last run: starting afresh" in proc.stdout

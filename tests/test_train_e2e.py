@@ -18,26 +18,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, run_cli, smoke_copy
+from tests.conftest import REPO, read_manifest, run_cli
 from tests.synthetic import make_folder
-
-
-def manifest(run_dir: Path) -> dict:
-    return json.loads((run_dir / "manifest.json").read_text())
-
-
-@pytest.fixture(scope="module")
-def smoke_run(smoke_trained, tmp_path_factory):
-    """This module's copy of the session's smoke run (its tests change it)."""
-    _, proc, wall = smoke_trained
-    return smoke_copy(smoke_trained, tmp_path_factory.mktemp("runs") / "smoke"), proc, wall
 
 
 @pytest.mark.e2e
 def test_smoke_trains_on_real_images(smoke_run):
     run_dir, proc, wall = smoke_run
     print(f"smoke recipe: {wall:.1f} s")  # a figure, not a test: see benchmarks/ for speed
-    m = manifest(run_dir)
+    m = read_manifest(run_dir)
     stage = m["stages"]["generalist"]
     assert stage["status"] == "done"
     assert m["data"]["num_train"] + m["data"]["num_val"] == 300
@@ -110,11 +99,11 @@ def test_eval_prints_per_class_table_and_json(smoke_run):
     metrics = json.loads((run_dir / "generalist" / "metrics.json").read_text())
     # eval reproduces the validation split and the model: same accuracy as training recorded.
     assert ev["accuracy"] == pytest.approx(metrics["val_accuracy"], abs=1e-9)
-    assert ev["count"] == manifest(run_dir)["data"]["num_val"]
+    assert ev["count"] == read_manifest(run_dir)["data"]["num_val"]
     ens = payload["models"]["ensemble"]
-    recorded = manifest(run_dir)["stages"]["ensemble"]["metrics"]["val_accuracy"]
+    recorded = read_manifest(run_dir)["stages"]["ensemble"]["metrics"]["val_accuracy"]
     assert ens["accuracy"] == pytest.approx(recorded, abs=1e-9)
-    student = manifest(run_dir)["stages"]["student"]["metrics"]
+    student = read_manifest(run_dir)["stages"]["student"]["metrics"]
     assert payload["models"]["distilled"]["accuracy"] == pytest.approx(student["val_accuracy"])
     control = payload["models"]["hard-label"]["accuracy"]
     assert control == pytest.approx(student["control_val_accuracy"])
@@ -135,7 +124,7 @@ def test_student_seeds_and_budget_matched_control(smoke_run, tmp_path, cifar_jpe
     architecture from scratch for the method's budget; eval pairs them all."""
     run_dir = tmp_path / "smoke"
     shutil.copytree(smoke_run[0], run_dir)
-    before = manifest(run_dir)["stages"]["student"]
+    before = read_manifest(run_dir)["stages"]["student"]
     stages = "[generalist,groups,specialists,ensemble,student,budget]"
     args = ("train", "smoke", "--set", f"data.path={cifar_jpeg}", "--run-dir", str(run_dir), "-q",
             "--set", "student.seeds=2", "--set", f"train.stages={stages}")  # fmt: skip
@@ -144,7 +133,7 @@ def test_student_seeds_and_budget_matched_control(smoke_run, tmp_path, cifar_jpe
     assert "[student] the recipe asks for more than was run: adding it" in proc.stdout
     assert "distilled (seed 0) already trained" in proc.stdout  # seed 0 is not redone
     assert "control (seed 0) already trained" in proc.stdout
-    m = manifest(run_dir)
+    m = read_manifest(run_dir)
     student = m["stages"]["student"]
     assert student["hash"] == before["hash"]
     assert {"seed1_model", "seed1_control_model"} <= set(student["artifacts"])
@@ -266,7 +255,7 @@ def test_kill_9_mid_epoch_resumes(tmp_path):
     state_file = run_dir / "generalist" / "checkpoint" / "state.json"
     killed_state = json.loads(state_file.read_text())
     assert 1 <= killed_state["epoch"] < 4
-    assert manifest(run_dir)["stages"]["generalist"]["status"] == "running"
+    assert read_manifest(run_dir)["stages"]["generalist"]["status"] == "running"
 
     again = run_cli(*_train_cmd(data, run_dir)[3:])
     assert again.returncode == 0, again.stderr[-3000:]
@@ -274,7 +263,7 @@ def test_kill_9_mid_epoch_resumes(tmp_path):
     history = json.loads((run_dir / "generalist" / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2, 3, 4]
     assert history[: killed_state["epoch"]] == killed_state["history"]
-    m = manifest(run_dir)["stages"]["generalist"]
+    m = read_manifest(run_dir)["stages"]["generalist"]
     assert m["status"] == "done" and m["metrics"]["val_accuracy"] > 0.9  # colours are easy
 
 
@@ -309,7 +298,7 @@ def test_jax_backend_trains_without_tensorflow(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "backend jax" in proc.stdout
-    m = manifest(run_dir)
+    m = read_manifest(run_dir)
     # The whole pipeline, fusion included, ran on JAX.
     assert all(r["status"] == "done" for r in m["stages"].values()) and len(m["stages"]) == 5
     assert m["stages"]["generalist"]["status"] == "done"
@@ -334,5 +323,5 @@ def test_mirrored_strategy_trains_and_saves(tmp_path):
         "--set", "train.stages=[generalist]",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert manifest(run_dir)["stages"]["generalist"]["status"] == "done"
+    assert read_manifest(run_dir)["stages"]["generalist"]["status"] == "done"
     assert run_cli("eval", str(run_dir), "--json").returncode == 0
