@@ -35,6 +35,15 @@ def test_budget_seconds_counted_and_amortised(run):
     assert budget_seconds(run, "counted", 89_600) == 500.0 + 600.0 + 0.5 + 300.0 + 10.0
 
 
+def test_stored_targets_count_with_the_teacher(run):
+    # Labelling stored targets is teacher work: in the counted budget, not the amortised one.
+    rec = run.stage("student")
+    rec.metrics["teacher_targets_s"] = 250.0
+    run.set_stage("student", rec)
+    assert budget_seconds(run, "amortised", 89_600) == 500.0
+    assert budget_seconds(run, "counted", 89_600) == 500.0 + 250.0 + 600.0 + 0.5 + 300.0 + 10.0
+
+
 def test_budget_images_counts_whole_batches(run):
     recipe = build_recipe({
         "data": {"path": "x"},

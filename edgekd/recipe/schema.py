@@ -3,7 +3,6 @@
 Each section is a frozen pydantic model; `Recipe` holds them and hashes what a stage depends on.
 """
 
-
 from __future__ import annotations
 
 import difflib
@@ -244,6 +243,13 @@ class StudentConfig(ModelTrainConfig):
         description="auto: from the generalist's weights when the width matches and the "
         "generalist has at least as many blocks per stage (shallower models take its first blocks)",
     )
+    targets: Literal["online", "stored"] = Field(
+        "online",
+        description="online: the teacher runs in every student step; stored: it labels the "
+        "student's augmented batches once, before training, under the run's targets/ folder, "
+        "and every student that sees the same batches reuses them (a distilled step then "
+        "costs about a hard-label one)",
+    )
     control: bool = Field(True, description="also train the same student on hard labels alone")
     temperature_search: tuple[float, ...] | None = Field(
         None, description="try these T first (search_epochs each), keep the best on validation"
@@ -269,6 +275,12 @@ class StudentConfig(ModelTrainConfig):
                     raise FieldError((key, *sub), f"must be > 0, got {v}")
                 if key == "soft_weight" and not lo <= v <= hi:
                     raise FieldError((key, *sub), f"must be in [0, 1], got {v}")
+        if self.targets == "stored" and self.target != "fused":
+            raise FieldError(
+                ("targets",),
+                "stored targets are the teacher's fused distribution, tempered afterwards; "
+                "they need target: fused (members tempers each member before fusing)",
+            )
         for i, t in enumerate(self.temperature_search or ()):
             if t <= 0:
                 raise FieldError(("temperature_search", i), f"must be > 0, got {t}")
@@ -383,7 +395,10 @@ _NOT_HASHED = {
 
 # Options added after runs were made with this schema: at their default they stay out of the
 # stage hashes, so adding an option does not redo the stages of existing runs.
-_HASH_NEUTRAL_DEFAULTS: dict[str, dict[str, Any]] = {"ensemble": {"flip_average": False}}
+_HASH_NEUTRAL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "ensemble": {"flip_average": False},
+    "student": {"targets": "online"},
+}
 
 
 class Recipe(_Section):

@@ -20,6 +20,10 @@ schedules for T or lambda, and its loss is a plain batch mean, which under
 Here the loss is divided by the replica count as Keras' own `Loss` does, and the tracked
 `soft_loss` / `hard_loss` are the per-example means whatever the strategy.
 
+With a `StoredTeacher` the teacher is not called at all: each batch brings the teacher's
+probabilities on its own views, computed once beforehand, as y = (labels, q), and q(T) is
+tempered from them as for `target="fused"` (FKD, Shen & Xing 2021).
+
 `fit`/`evaluate`/callbacks work as for any model; `distiller.student` is the model to
 keep and save. Saving the Distiller itself (as checkpoints do) stores the student and the
 optimizer, not the teacher.
@@ -56,9 +60,17 @@ class ModelTeacher:
         return ops.softmax(logits, axis=-1)
 
 
-def as_teacher(teacher: Any) -> Callable[..., Any] | None:
+class StoredTeacher:
+    """The teacher of a Distiller whose batches bring its probabilities: y = (labels, q).
+
+    q are the teacher's untempered probabilities on the batch's own views, computed once
+    beforehand (`edgekd.training.teacher_targets`); only `target="fused"` can temper them.
+    """
+
+
+def as_teacher(teacher: Any) -> Callable[..., Any] | StoredTeacher | None:
     """A callable teacher: models are wrapped in `ModelTeacher`, callables pass through."""
-    if teacher is None or isinstance(teacher, ModelTeacher):
+    if teacher is None or isinstance(teacher, ModelTeacher | StoredTeacher):
         return teacher
     if isinstance(teacher, keras.Model):
         return ModelTeacher(teacher)
@@ -136,6 +148,11 @@ class Distiller(keras.Model):
         # A plain attribute holder: Keras tracks Layers and Variables it finds on the model,
         # and the teacher must not be trained, counted, checkpointed or saved with it.
         self._teacher_ref = [as_teacher(teacher)]
+        self.stored = isinstance(self.teacher, StoredTeacher)
+        if self.stored and target != "fused":
+            raise ValueError(
+                "stored teacher targets are the fused distribution: use target='fused'"
+            )
         self.target = target
         self.label_smoothing = float(label_smoothing)
         if not self.hard_only:
@@ -145,7 +162,7 @@ class Distiller(keras.Model):
         self.built = bool(student.built)
 
     @property
-    def teacher(self) -> Callable[..., Any] | None:
+    def teacher(self) -> Callable[..., Any] | StoredTeacher | None:
         return self._teacher_ref[0]
 
     def call(self, inputs: Any, training: bool | None = None) -> Any:
@@ -176,9 +193,13 @@ class Distiller(keras.Model):
             y_pred = self(x, training=training)
         logits = ops.cast(y_pred, "float32")
         temperature, lam = self.schedule_values()
+        if self.stored:
+            y, stored = self._split(y)
         if self.hard_only:
             targets = ops.zeros_like(logits)
             lam = ops.convert_to_tensor(0.0)
+        elif self.stored:
+            targets = ops.stop_gradient(temper(stored, temperature))
         else:
             targets = self.teacher_targets(x, temperature)
         total, soft, hard = distillation_loss(
@@ -196,6 +217,21 @@ class Distiller(keras.Model):
         if self.losses:
             loss = loss + ops.sum(self.losses)
         return replica_share(loss)
+
+    @staticmethod
+    def _split(y: Any) -> tuple[Any, Any]:
+        if not isinstance(y, tuple | list) or len(y) != 2:
+            raise ValueError(
+                "a Distiller with a StoredTeacher needs batches of (x, (labels, teacher "
+                "probabilities)), e.g. from edgekd.training.teacher_targets.TargetBatches"
+            )
+        return y[0], y[1]
+
+    def compute_metrics(self, x: Any, y: Any, y_pred: Any, sample_weight: Any = None) -> Any:
+        """Keras' metrics on the labels alone (stored targets travel beside them in y)."""
+        if self.stored:
+            y = self._split(y)[0]
+        return super().compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
     def compile(self, optimizer: Any = "rmsprop", loss: Any = None, **kwargs: Any) -> None:
         """Keras' `compile` without `loss`/`loss_weights`, which `compute_loss` would ignore."""

@@ -225,7 +225,7 @@ def train_classifier(
     build: Callable[[], keras.Model],
     cfg: ModelTrainConfig,
     train: ImageSet | ImageBatches,
-    val: ImageSet | None,
+    val: ImageSet | ImageBatches | None,
     workdir: Path,
     *,
     seed: int,
@@ -240,7 +240,8 @@ def train_classifier(
 ) -> TrainResult:
     """Train (or resume training) the model `build()` makes; checkpoints live in `workdir`.
 
-    `train` is an image set (shuffled, augmented batches are made here) or ready batches.
+    `train` is an image set (shuffled, augmented batches are made here) or ready batches;
+    `val` likewise (ready batches when they carry more than labels, e.g. stored targets).
     `wrap` turns the built model into the one that is fit and computes its own loss (the
     Distiller around a student); it is called inside the distribution scope.
     """
@@ -259,8 +260,8 @@ def train_classifier(
             drop_remainder=True,
         )
     steps = len(train_batches)
-    val_batches = None
-    if val is not None and len(val):
+    val_batches = val if isinstance(val, ImageBatches) else None
+    if val is not None and val_batches is None and len(val):
         val_batches = ImageBatches(val.images, val.labels, batch_size=max(cfg.batch_size, 256))
 
     atomic.remove_stale(ckpt_dir)

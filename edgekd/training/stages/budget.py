@@ -8,7 +8,8 @@ distils several students from one ensemble pays for the teacher once).
 
 The budget is measured, not configured: wall time is the upstream stages' recorded seconds
 (their evaluation included, which favours the control) plus the distilled student's epochs at
-its median images/s, converted to epochs at the hard-label control's median images/s;
+its median images/s (and, counted, the labelling of stored teacher targets), converted to
+epochs at the hard-label control's median images/s;
 `match: images` counts the training images every model of the method saw instead.
 
 Reads: the manifest's stage records of generalist … student. Writes `budget/<variant>/`:
@@ -53,6 +54,9 @@ def budget_seconds(run: RunDir, teacher_cost: str, images_per_epoch: int) -> flo
     own += float(student.get("search_train_s", 0.0))
     if teacher_cost == "amortised":
         return own
+    # Stored teacher targets are the teacher's work, reused by every student of the same
+    # batches: counted with the teacher, amortised with it.
+    own += float(student.get("teacher_targets_s", 0.0))
     return own + sum(float(run.stage(s).wall_s or 0.0) for s in UPSTREAM)
 
 

@@ -7,7 +7,9 @@ rather than from training at all.
 
 Reads: the generalist, groups and specialists (the teacher), the recipe's `ensemble` and
 `student` sections. Writes `student/`: `model.keras` (the distilled student alone),
-`control/model.keras`, `search/T=<t>/` (when searching T), `history.json`, `metrics.json`.
+`control/model.keras`, `search/T=<t>/` (when searching T), `history.json`, `metrics.json`;
+with `targets: stored`, the teacher's targets under the run's `targets/` (kept across
+students, since another student with the same batches reuses them).
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ import keras
 import numpy as np
 
 from edgekd import atomic
+from edgekd.data import ImageBatches
+from edgekd.errors import TrainingError
 from edgekd.recipe import RampConfig, Recipe
-from edgekd.training.distill import Distiller, ModelTeacher
+from edgekd.training.distill import Distiller, ModelTeacher, StoredTeacher
 from edgekd.training.ensemble.gated import load_gated_ensemble
 from edgekd.training.evaluate import Evaluation
 from edgekd.training.models import build_model, copy_weights, inherits, model_summary_stats
@@ -35,7 +39,10 @@ from edgekd.training.stages.base import (
     augment_of,
     check_batch_size,
 )
+from edgekd.training.teacher_targets import TargetBatches, TargetStore, label_epochs
 from edgekd.training.trainer import TrainResult, predict_probs, train_classifier
+
+TARGETS = "targets"  # the run's folder of stored teacher targets, shared by every student
 
 
 def ramp_of(value: float | RampConfig, total_steps: int) -> Ramp:
@@ -90,22 +97,28 @@ class StudentStage(Stage):
                 copy_weights(generalist, model)
             return model
 
-        def fit(
-            workdir: Path, epochs: int, temperature: Any, soft: bool, seed: int
-        ) -> TrainResult:
+        stored = cfg.targets == "stored"
+        labelled: dict[int, float] = {}  # seed: seconds the stored targets took to label
+
+        def fit(workdir: Path, epochs: int, temperature: Any, soft: bool, seed: int) -> TrainResult:
             run_cfg = cfg.model_copy(update={"epochs": epochs})
             steps = (len(data.train) // cfg.batch_size) * epochs
+            train, val = data.train, data.val
+            if soft and stored:
+                train, val, labelled[seed] = self._stored_batches(
+                    ctx, teacher, teacher_probs, seed, epochs
+                )
 
             def wrap(student: keras.Model) -> Distiller:
                 return Distiller(
-                    student, teacher() if soft else None,
+                    student, (StoredTeacher() if stored else teacher()) if soft else None,
                     temperature=ramp_of(temperature, steps),
                     soft_weight=ramp_of(cfg.soft_weight, steps) if soft else 0.0,
                     target=cfg.target, label_smoothing=cfg.label_smoothing,
                 )  # fmt: skip
 
             return train_classifier(
-                build, run_cfg, data.train, data.val, workdir, seed=seed,
+                build, run_cfg, train, val, workdir, seed=seed,
                 augment=augment_of(ctx), accel=ctx.accel, strategy=recipe.train.strategy,
                 tensorboard=recipe.train.tensorboard, verbose=ctx.verbose, log=ctx.log,
                 wrap=wrap,
@@ -116,6 +129,7 @@ class StudentStage(Stage):
             "teacher_val_accuracy": teacher_ev.accuracy,
             "initialised_from": "generalist" if from_generalist else "scratch",
             "target": cfg.target,
+            "targets": cfg.targets,
         }
         temperature: Any = cfg.temperature
         if cfg.temperature_search:
@@ -181,6 +195,8 @@ class StudentStage(Stage):
                 if history else None,
                 "evaluation": ev.to_dict(),
             }  # fmt: skip
+            if soft and stored:
+                row["teacher_targets_s"] = round(labelled[seed], 1)
             with atomic.atomic_path(workdir / "model.keras") as tmp:
                 student.save(tmp)
             atomic.write_json(workdir / "history.json", history)
@@ -200,6 +216,8 @@ class StudentStage(Stage):
             images_per_s=distilled["images_per_s"],
             train_s_epochs=distilled["train_s_epochs"],
         )
+        if "teacher_targets_s" in distilled:
+            metrics["teacher_targets_s"] = distilled["teacher_targets_s"]
         if "control" in results:
             c = results["control"]
             metrics.update(
@@ -252,6 +270,52 @@ class StudentStage(Stage):
             return loaded.teacher(gather=gather)
 
         return make
+
+    def _stored_batches(
+        self, ctx: StageContext, teacher: Any, val_probs: np.ndarray, seed: int, epochs: int
+    ) -> tuple[TargetBatches, TargetBatches, float]:
+        """Training and validation batches that bring the teacher's stored targets, labelling
+        the epochs not stored yet; and the seconds those epochs took to label (when written,
+        so a reused store reports its cost too)."""
+        recipe, data, run, cfg = ctx.recipe, ctx.data, ctx.run, ctx.recipe.student
+        upstream = ("generalist",) if cfg.teacher == "generalist" else self.reads
+        inputs = {
+            "teacher": cfg.teacher,
+            "upstream": {s: run.stage(s).hash for s in upstream},
+            "ensemble": None if cfg.teacher == "generalist" else recipe.ensemble.model_dump(),
+            "data": data.fingerprint,
+            "seed": seed,
+            "batch_size": cfg.batch_size,
+            "augment": recipe.data.augment.model_dump(),
+        }
+        store = TargetStore(run.path / TARGETS, inputs, len(data.class_names))
+        stream = dict(
+            batch_size=cfg.batch_size, shuffle=True, augment=augment_of(ctx), seed=seed,
+            drop_remainder=True,
+        )  # fmt: skip
+        plain = ImageBatches(data.train.images, data.train.labels, **stream)
+        label_epochs(teacher(), plain, store, epochs, ctx.log)
+        rows = len(plain) * cfg.batch_size
+        loaded: dict[int, np.ndarray] = {}
+
+        def targets(epoch: int) -> np.ndarray:
+            if epoch not in loaded:
+                array = store.load(epoch, rows)
+                if array is None:
+                    raise TrainingError(
+                        f"{store.epoch_path(epoch)}: the stored teacher targets of epoch "
+                        f"{epoch + 1} are missing or damaged; run the same command again to "
+                        "label them anew"
+                    )
+                loaded[epoch] = array
+            return loaded[epoch]
+
+        train = TargetBatches(data.train.images, data.train.labels, targets=targets, **stream)
+        val = TargetBatches(
+            data.val.images, data.val.labels, batch_size=max(cfg.batch_size, 256),
+            targets=lambda _epoch: val_probs,
+        )  # fmt: skip
+        return train, val, store.label_seconds(epochs)
 
     def _teacher_val_probs(self, ctx: StageContext) -> np.ndarray:
         loaded, images = _load_teacher(ctx), ctx.data.val.images
