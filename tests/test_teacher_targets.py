@@ -144,6 +144,7 @@ def test_recipe_refuses_stored_targets_with_member_tempering():
     )
 
 
+@pytest.mark.slow  # two student stages end to end (~1 min); the equivalence test runs by default
 def test_student_stage_labels_once_and_a_second_student_reuses_the_targets(smoke_run):
     run_dir = smoke_run[0]
     stored = ["--set", "student.targets=stored", "--set", "student.control=false"]
