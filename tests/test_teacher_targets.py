@@ -11,13 +11,12 @@ import pytest
 
 from edgekd.data import Augment, ImageBatches
 from edgekd.errors import RecipeError
-from edgekd.recipe import load_recipe
+from edgekd.recipe import load_recipe, stable_digest
 from edgekd.training.distill import Distiller, ModelTeacher, StoredTeacher
 from edgekd.training.teacher_targets import (
     TargetBatches,
     TargetStore,
     label_epochs,
-    store_key,
 )
 
 from .conftest import read_manifest, run_cli
@@ -45,7 +44,7 @@ STREAM = dict(batch_size=16, shuffle=True, augment=Augment(crop_padding=2), seed
 
 def test_store_round_trip_and_validation(tmp_path):
     store = TargetStore(tmp_path, {"teacher": "a", "seed": 0}, K)
-    assert store.path.name == store_key({"seed": 0, "teacher": "a"})  # order does not matter
+    assert store.path.name == stable_digest({"seed": 0, "teacher": "a"})  # order does not matter
     assert TargetStore(tmp_path, {"teacher": "b", "seed": 0}, K).path != store.path
     assert store.load(0, 8) is None
     q = np.random.default_rng(0).dirichlet(np.ones(K), 8).astype(np.float32)

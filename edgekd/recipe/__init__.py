@@ -36,6 +36,7 @@ from edgekd.recipe.schema import (
     SpecialistConfig,
     StudentConfig,
     TrainConfig,
+    stable_digest,
 )
 
 __all__ = [
@@ -66,4 +67,5 @@ __all__ = [
     "load_recipe",
     "parse_override",
     "resolve_recipe_path",
+    "stable_digest",
 ]

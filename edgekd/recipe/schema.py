@@ -401,6 +401,13 @@ _HASH_NEUTRAL_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+def stable_digest(payload: Any) -> str:
+    """16 hex digits of sha256 over `payload` as canonical JSON (sorted keys): the same for
+    equal contents whatever their order, so it can name what depends on them."""
+    blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 class Recipe(_Section):
     """A whole experiment. Build one with `load_recipe`; `to_dict()` round-trips."""
 
@@ -478,5 +485,4 @@ class Recipe(_Section):
         payload = {s: d[s] for s in sections}
         if extra:
             payload["extra"] = dict(extra)
-        blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return stable_digest(payload)

@@ -17,7 +17,6 @@ an interrupted labelling pass resumes at the first missing epoch.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -29,14 +28,9 @@ import numpy as np
 
 from edgekd import atomic
 from edgekd.data import ImageBatches
+from edgekd.recipe import stable_digest
 
 STORE = "store.json"
-
-
-def store_key(inputs: dict[str, Any]) -> str:
-    """16 hex digits naming a store: the hash of what determines its targets."""
-    blob = json.dumps(inputs, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 class TargetStore:
@@ -52,7 +46,7 @@ class TargetStore:
     def __init__(self, root: Path, inputs: dict[str, Any], num_classes: int) -> None:
         self.inputs = dict(inputs)
         self.num_classes = int(num_classes)
-        self.path = Path(root) / store_key(self.inputs)
+        self.path = Path(root) / stable_digest(self.inputs)
 
     def epoch_path(self, epoch: int) -> Path:
         return self.path / f"epoch-{epoch + 1:04d}.npy"

@@ -260,8 +260,10 @@ def train_classifier(
             drop_remainder=True,
         )
     steps = len(train_batches)
-    val_batches = val if isinstance(val, ImageBatches) else None
-    if val is not None and val_batches is None and len(val):
+    val_batches = None
+    if isinstance(val, ImageBatches):
+        val_batches = val
+    elif val is not None and len(val):
         val_batches = ImageBatches(val.images, val.labels, batch_size=max(cfg.batch_size, 256))
 
     atomic.remove_stale(ckpt_dir)
