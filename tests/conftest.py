@@ -96,8 +96,11 @@ def smoke_exported(smoke_trained, tmp_path_factory) -> Path:
 
     def make(run_dir: Path) -> dict[str, Any]:
         smoke_copy(smoke_trained, run_dir)
+        # --force: the smoke models are near chance (15% on 60 images), so whether their
+        # int8 files pass the 1-point gate is a coin toss of the host's float rounding.
         proc = run_cli(
-            "export", str(run_dir), "--float", "--int8", "--format", "tflite,onnx", "--members"
+            "export", str(run_dir), "--float", "--int8", "--format", "tflite,onnx", "--members",
+            "--force",
         )
         assert proc.returncode == 0, proc.stderr[-3000:]
         return {"run_dir": str(run_dir)}

@@ -141,8 +141,19 @@ def test_raw_pixels_in_the_contracts_way_give_the_keras_answer(golden, name):
         margin = ordered[:, -1] - ordered[:, -2]
         assert np.all(margin[top1 != keras_top1] < 1e-4)
     else:
-        # int8 rounds: most answers agree, and exactly as many as the card recorded.
-        assert (top1 == keras_top1).mean() >= 0.8
+        # int8 rounds. The smoke student is near chance (its logits span about 0.7), so
+        # many of its answers are near-ties that rounding may flip: the file's logits must
+        # follow Keras's (row-centred correlation; a permuted output gives about 0.4), and
+        # every top-1 it changes must be a Keras near-tie within the card's logit error.
+        def centred(a: np.ndarray) -> np.ndarray:
+            return (a - a.mean(axis=1, keepdims=True)).ravel()
+
+        assert np.corrcoef(centred(scores), centred(keras_logits))[0, 1] >= 0.9
+        ordered = np.sort(keras_logits, axis=1)
+        margin = ordered[:, -1] - ordered[:, -2]
+        error = card["parity"]["max_logit_error"]
+        assert error == pytest.approx(np.abs(scores - keras_logits).max(), rel=1e-5)
+        assert np.all(margin[top1 != keras_top1] <= 2 * error + 1e-6)
     parity = card["parity"]
     assert (top1 == keras_top1).mean() == pytest.approx(parity["top1_agreement"], abs=1e-9)
     # The card's accuracy is the file's own on these images, labels in labels.txt order.
