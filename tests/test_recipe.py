@@ -170,6 +170,15 @@ def test_builtin_recipes_load_by_name_and_path():
     assert load_recipe("recipes/smoke.yaml").to_dict() == load_recipe("smoke").to_dict()
 
 
+def test_tiny_recipe_shares_the_cpu_recipes_teachers():
+    """cifar10-cpu-tiny says a finished cifar10-cpu run can be reused: every section but the
+    student (and the name) is the same, so the first four stages hash the same."""
+    cpu, tiny = load_recipe("cifar10-cpu").to_dict(), load_recipe("cifar10-cpu-tiny").to_dict()
+    assert [k for k in cpu if cpu[k] != tiny[k]] == ["name", "student"]
+    assert (tiny["student"]["width"], tiny["student"]["init"]) == (8, "scratch")
+    assert (tiny["student"]["teacher"], tiny["student"]["targets"]) == ("generalist", "stored")
+
+
 def _sections(r: Recipe) -> list[str]:
     """Every section of the recipe (what stage hashes are built from)."""
     return [k for k, v in r.to_dict().items() if isinstance(v, dict)]
