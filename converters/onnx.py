@@ -1,4 +1,4 @@
-"""Keras model -> float ONNX, and float ONNX -> int8 Q/DQ ONNX for TensorRT.
+"""Keras model -> float ONNX; float ONNX -> float16 ONNX, and -> int8 Q/DQ ONNX for TensorRT.
 
 The exported file keeps the model's contract: NHWC float32 RGB pixels 0..255 in (input
 "pixels", dynamic batch), logits out (output "logits"). Normalisation is a layer inside the
@@ -12,6 +12,12 @@ one free input the model is exported again by freezing the concrete function our
 (`convert_variables_to_constants_v2`, which folds every capture) and converting that GraphDef
 with `tf2onnx.convert.from_graph_def`. The exporter used is recorded in the file's metadata
 (`edgekd.exporter`).
+
+Float16 converts the float32 file with onnxconverter-common's `convert_float_to_float16`
+(`keep_io_types=True`): weights and activations become float16, and Cast nodes keep the
+input float32 pixels and the logits float32, so the file takes what the float32 one takes.
+It is the file a strongly typed TensorRT network (every network on TensorRT 11) builds an
+fp16 engine from: precision comes from the tensors' types, not from a builder flag.
 
 Int8 uses ONNX Runtime's static quantiser in QDQ format, in the form TensorRT's explicit
 quantisation takes: symmetric int8 activations and weights (every zero point 0), per-channel
@@ -59,11 +65,12 @@ def convert(
     reuse: Mapping[str, Path] | None = None,
 ) -> Path:
     """The export back-end's entry point (the signature every converter shares): `model` as
-    a float ONNX file at `path`, or for int8 an int8 Q/DQ one calibrated on `calibration`.
+    a float32 ONNX file at `path`, a float16 one, or an int8 Q/DQ one calibrated on
+    `calibration`.
 
-    int8 quantises the model's float ONNX file: `reuse["onnx/float32"]` when this export
-    already wrote it, else one written now beside `path` (`<model>.onnx`). ONNX files take
-    and give float32 tensors, so `io_dtype` must be float32.
+    float16 and int8 convert the model's float32 ONNX file: `reuse["onnx/float32"]` when
+    this export already wrote it, else one written now beside `path` (`<model>.onnx`). ONNX
+    files take and give float32 tensors, so `io_dtype` must be float32.
     """
     path = Path(path)
     check_variant("onnx", precision)
@@ -71,11 +78,13 @@ def convert(
         raise ValueError(f"ONNX files have float32 input and output, not {io_dtype!r}")
     if precision == "float32":
         return export_onnx(model, path)
-    if calibration is None:
+    if precision == "int8" and calibration is None:
         raise ValueError("precision 'int8' needs calibration images (N, H, W, 3)")
     float_path = (reuse or {}).get(variant_key("onnx", "float32"))
     if float_path is None:
         float_path = export_onnx(model, sibling_file(path, "onnx", "float32"))
+    if precision == "float16":
+        return convert_onnx_float16(float_path, path)
     return quantize_onnx_int8(float_path, path, calibration)
 
 
@@ -234,6 +243,78 @@ def _rename_tensor(graph: onnx.GraphProto, old: str, new: str) -> None:
     for value in (*graph.input, *graph.output, *graph.value_info):
         if value.name == old:
             value.name = new
+
+
+# --------------------------------------------------------------------------- float16
+
+FLOAT16_MAX = 65504.0
+"""The largest finite float16: weights beyond it saturate (onnxconverter-common's default
+clip is 1e4, which would cut pixel-scale constants such as a variance of 1e4 or more)."""
+
+
+def convert_onnx_float16(float_path: str | Path, path: str | Path) -> Path:
+    """Write a float16 copy of the float32 ONNX file `float_path` at `path` and return it.
+
+    Initializers and activations become float16; the graph input and output keep their
+    types (Cast nodes inside the graph), so the copy takes NHWC float32 pixels 0..255 and
+    gives float32 logits like the original. Ops onnxconverter-common keeps in float32
+    (its block list) stay float32 between Casts.
+
+    Raises:
+        ImportError: onnxconverter-common is not installed (the message says what to install).
+        ValueError: `float_path` holds no float32 weights (already float16, or Q/DQ int8).
+    """
+    import onnx
+
+    try:
+        from onnxconverter_common import float16
+    except ImportError as exc:
+        raise ImportError(
+            "float16 ONNX export needs onnxconverter-common: pip install onnxconverter-common "
+            "(or edgekd[export])"
+        ) from exc
+
+    float_path, path = Path(float_path), Path(path)
+    found = onnx_precision(float_path)
+    if found != "float32":
+        raise ValueError(f"{float_path}: expected a float32 ONNX file to convert, found {found}")
+    model = onnx.load(str(float_path))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        converted = float16.convert_float_to_float16(
+            model, keep_io_types=True, max_finite_val=FLOAT16_MAX
+        )
+    # Weights under 1e-7 in magnitude become +-1e-7 (harmless, and warned about per tensor);
+    # only saturation at float16's largest value changes what the model computes.
+    saturated = [str(w.message) for w in caught if str(w.message).endswith(f"{FLOAT16_MAX}")]
+    if saturated:
+        log.warning("%s: weights beyond float16's range saturate: %s", path, "; ".join(saturated))
+    meta = {p.key: p for p in converted.metadata_props}
+    prop = meta.get("edgekd.weights") or converted.metadata_props.add()
+    prop.key, prop.value = "edgekd.weights", "float16 (float32 input and output)"
+    onnx.checker.check_model(converted)
+    with atomic_path(path) as tmp:
+        onnx.save(converted, str(tmp))
+    return path
+
+
+def onnx_precision(path: str | Path) -> str:
+    """The contract precision an ONNX file's contents say: "int8" with Q/DQ nodes,
+    "float16" with float16 weights, else "float32" (what TensorRT's strong typing reads)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in graph.node):
+        return "int8"
+    weights = [i.data_type for i in graph.initializer]
+    weights += [
+        a.t.data_type
+        for n in graph.node
+        if n.op_type == "Constant"
+        for a in n.attribute
+        if a.name == "value"
+    ]
+    return "float16" if onnx.TensorProto.FLOAT16 in weights else "float32"
 
 
 # --------------------------------------------------------------------------- int8 Q/DQ

@@ -117,7 +117,7 @@ def evaluate(run: str, data_spec: str | None, split: str, as_json: bool) -> None
 @main.command(name="export")
 @click.argument("run", type=click.Path())
 @click.option("--float", "want_float", is_flag=True, help="float32 files.")
-@click.option("--fp16", is_flag=True, help="float16 weights (TFLite; TensorRT engine).")
+@click.option("--fp16", is_flag=True, help="float16 weights (TFLite; ONNX; TensorRT engine).")
 @click.option("--dynamic", is_flag=True, help="Dynamic-range int8 weights (TFLite).")
 @click.option("--int8", is_flag=True, help="Full-integer int8 (TFLite; ONNX Q/DQ; TensorRT).")
 @click.option(

@@ -91,7 +91,8 @@ IO_DTYPES: tuple[str, ...] = ("uint8", "int8", "float32")
 
 FORMATS: dict[str, Format] = {
     "tflite": Format(PRECISIONS, (".tflite",), integer_io=("int8",)),
-    "onnx": Format(("float32", "int8"), (".onnx",)),  # int8: explicit Q/DQ nodes
+    # float16: float16 weights, float32 input and output; int8: explicit Q/DQ nodes
+    "onnx": Format(("float32", "float16", "int8"), (".onnx",)),
     "tensorrt": Format(("float32", "float16", "int8"), (".engine", ".plan")),
     "saved_model": Format(("float32",), ("_saved_model",)),  # a folder
 }

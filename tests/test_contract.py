@@ -62,6 +62,7 @@ def test_the_names_export_has_always_written():
     assert file_name("student", "tflite", "dynamic") == "student-dynamic.tflite"
     assert file_name("student", "onnx", "float32") == "student.onnx"
     assert file_name("student", "onnx", "int8") == "student-int8.onnx"
+    assert file_name("student", "onnx", "float16") == "student-fp16.onnx"  # strongly typed fp16
     assert file_name("student", "tensorrt", "float16") == "student-fp16.engine"
     assert file_name("student", "saved_model", "float32") == "student_saved_model"
     assert card_path(Path("x") / "student-int8.tflite") == Path("x") / "student-int8.tflite.json"
@@ -73,7 +74,7 @@ def test_the_names_export_has_always_written():
 
 @pytest.mark.parametrize(
     "fmt, precision",
-    [("onnx", "float16"), ("onnx", "dynamic"), ("tensorrt", "dynamic"), ("saved_model", "int8"),
+    [("onnx", "dynamic"), ("tensorrt", "dynamic"), ("saved_model", "int8"),
      ("coreml", "float32"), ("tflite", "int4")],
 )  # fmt: skip
 def test_unsupported_pairs_are_refused(fmt, precision):

@@ -1,13 +1,13 @@
-"""ONNX export and int8 Q/DQ against Keras, the ONNX Runtime runner, TensorRT commands and
-engine building (against a stand-in `tensorrt` module), and a run without TensorFlow."""
+"""ONNX export, float16 and int8 Q/DQ against Keras, the ONNX Runtime runner, the TensorRT
+converter and `edgekd export` writing float16 ONNX files and the scripts that build engines
+from them, and a run without TensorFlow. TensorRT's command lines and API calls per version
+are pinned in test_tensorrt_build.py."""
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import keras
@@ -16,15 +16,20 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from edgekd.contract import read_card
 from edgekd.converters import tensorrt as trt_conv
 from edgekd.converters.onnx import (
     _check_free_inputs,
+    convert_onnx_float16,
     describe_qdq,
     export_onnx,
+    onnx_precision,
     quantize_onnx_int8,
 )
 from edgekd.device.runtime import load_runner
 from edgekd.device.runtime.onnx import OnnxRunner
+from edgekd.export.exporter import export_model
+from edgekd.recipe import ExportConfig
 from edgekd.training.models import build_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,20 +63,21 @@ def images() -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def exported(toy_model, tmp_path_factory) -> tuple[Path, Path]:
-    """(float file, int8 Q/DQ file), calibrated on images other than the test ones."""
+def exported(toy_model, tmp_path_factory) -> tuple[Path, Path, Path]:
+    """(float32 file, int8 Q/DQ file calibrated on images other than the test ones,
+    float16 file)."""
     out = tmp_path_factory.mktemp("onnx")
     float_path = export_onnx(toy_model, out / "m.onnx")
     calib = _toy(2, 64)[0]
     int8_path = quantize_onnx_int8(float_path, out / "m-int8.onnx", calib)
-    return float_path, int8_path
+    return float_path, int8_path, convert_onnx_float16(float_path, out / "m-fp16.onnx")
 
 
 # ------------------------------------------------------------------------------ float
 
 
 def test_float_onnx_matches_keras(toy_model, exported, images):
-    float_path, _ = exported
+    float_path = exported[0]
     reference = toy_model.predict(images.astype("float32"), verbose=0)
     one = OnnxRunner(float_path, threads=1, providers=["CPUExecutionProvider"])
     four = OnnxRunner(float_path, threads=1, batch_size=4)
@@ -117,6 +123,72 @@ def test_an_export_with_unfed_inputs_is_refused():
     )
     with pytest.raises(ValueError, match="free inputs"):
         _check_free_inputs(helper.make_model(graph))
+
+
+# ------------------------------------------------------------------------------ float16
+
+
+def test_float16_file_runs_close_to_the_float32_one(toy_model, exported, images):
+    """Float16 weights and activations, the float32 file's contract at the edges."""
+    float_path, _, half_path = exported
+    reference = OnnxRunner(float_path, threads=1, batch_size=32).predict(images)
+    runner = OnnxRunner(half_path, threads=1, batch_size=32)
+    scores = runner.predict(images)
+    assert runner.input.name == "pixels" and runner.input.shape == (None, 16, 16, 3)
+    assert runner.input.dtype == "float32" and runner.output.dtype == "float32"
+    assert scores.dtype == np.float32 and scores.shape == (96, 3)
+    # float16 keeps ~3 significant digits: logits of size ~1 agree to a few 1e-3.
+    spread = float(np.abs(reference).max())
+    np.testing.assert_allclose(scores, reference, atol=1e-2 * max(spread, 1.0))
+    assert (scores.argmax(1) == reference.argmax(1)).mean() >= 0.98
+    assert not np.array_equal(scores, reference)  # really rounded
+
+
+def test_float16_file_holds_float16_weights_and_keeps_its_io(exported):
+    model = onnx.load(str(exported[2]))
+    graph = model.graph
+    weights = {i.data_type for i in graph.initializer}
+    assert TensorProto.FLOAT16 in weights and TensorProto.FLOAT not in weights
+    convs = [i for i in graph.initializer if len(i.dims) == 4]  # the conv kernels
+    assert convs and all(i.data_type == TensorProto.FLOAT16 for i in convs)
+    (inp,), (out,) = graph.input, graph.output
+    assert (inp.name, out.name) == ("pixels", "logits")
+    assert inp.type.tensor_type.elem_type == out.type.tensor_type.elem_type == TensorProto.FLOAT
+    dims = inp.type.tensor_type.shape.dim
+    assert dims[0].dim_param == "batch" and [d.dim_value for d in dims[1:]] == [16, 16, 3]
+    casts = [n for n in graph.node if n.op_type == "Cast"]
+    assert {n.input[0] for n in casts} >= {"pixels"} and "logits" in {n.output[0] for n in casts}
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert "NHWC" in meta["edgekd.input"] and meta["edgekd.weights"].startswith("float16")
+    assert onnx_precision(exported[2]) == "float16"
+    assert [onnx_precision(p) for p in exported[:2]] == ["float32", "int8"]
+
+
+def test_float16_conversion_refuses_a_file_that_is_not_float32(exported, tmp_path):
+    for source, found in ((exported[2], "float16"), (exported[1], "int8")):
+        with pytest.raises(ValueError, match=rf"{source.name}: expected a float32 .* {found}"):
+            convert_onnx_float16(source, tmp_path / "again-fp16.onnx")
+    assert not (tmp_path / "again-fp16.onnx").exists()
+
+
+def test_float16_conversion_keeps_large_constants(tmp_path, caplog):
+    """onnxconverter-common clips weights at 1e4 by default; a pixel-scale constant (a
+    variance of 255**2 / 4 = 16256) must survive, up to float16's own largest value."""
+    big = numpy_helper.from_array(np.array([16256.0, 70000.0], np.float32), "c")
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["pixels", "c"], ["logits"])], "g",
+        [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["batch", 2])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 2])],
+        [big],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, str(tmp_path / "c.onnx"))
+    with caplog.at_level("WARNING", logger="edgekd.converters.onnx"):
+        half = convert_onnx_float16(tmp_path / "c.onnx", tmp_path / "c-fp16.onnx")
+    out = OnnxRunner(half).predict(np.ones((1, 2), np.float32))
+    assert out.tolist() == [[16256.0, float(np.finfo(np.float16).max)]]
+    assert "c-fp16.onnx: weights beyond float16's range saturate" in caplog.text
+    assert "70000.0" in caplog.text
 
 
 # ------------------------------------------------------------------------------ int8
@@ -199,173 +271,35 @@ def test_describe_qdq_reports_what_tensorrt_would_reject(tmp_path):
 # ------------------------------------------------------------------------------ TensorRT
 
 
-def test_trtexec_command_flags():
-    def cmd(precision: str) -> list[str]:
-        return trt_conv.trtexec_command(
-            "m.onnx", "m.engine", precision, workspace_mib=512, batch=8, shape=(1, 16, 16, 3)
-        ).split()
-
-    fp32, fp16, int8 = cmd("fp32"), cmd("fp16"), cmd("int8")
-    for c in (fp32, fp16, int8):
-        assert c[0] == "trtexec"
-        assert "--onnx=m.onnx" in c and "--saveEngine=m.engine" in c
-        assert "--memPoolSize=workspace:512M" in c
-        assert not [a for a in c if a.startswith(("--workspace", "--explicitBatch", "--calib"))]
-        assert "--minShapes=pixels:1x16x16x3" in c
-        assert "--optShapes=pixels:8x16x16x3" in c and "--maxShapes=pixels:8x16x16x3" in c
-    assert "--fp16" not in fp32 and "--int8" not in fp32
-    assert "--fp16" in fp16 and "--int8" not in fp16
-    assert "--int8" in int8 and "--fp16" in int8
-    with pytest.raises(ValueError, match="precision"):
-        trt_conv.trtexec_command("m.onnx", "m.engine", "int4")
-    quoted = trt_conv.trtexec_command("my dir/m.onnx", "e.engine", "fp32")
-    assert "'--onnx=my dir/m.onnx'" in quoted
-
-
-def test_build_engine_without_tensorrt_names_trtexec(exported, tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "tensorrt", None)  # import tensorrt -> ImportError
-    assert trt_conv.tensorrt_available() is False
-    engine = tmp_path / "m-int8.engine"
-    with pytest.raises(RuntimeError, match="trtexec") as info:
-        trt_conv.build_engine(exported[1], engine, "int8", max_batch=4)
-    message = str(info.value)
-    assert "--int8" in message and "--minShapes=pixels:1x16x16x3" in message
-    assert "--maxShapes=pixels:4x16x16x3" in message
-    assert not engine.exists()
-
-
-def test_write_trtexec_script(exported, tmp_path):
-    float_path = exported[0]
-    script = trt_conv.write_trtexec_script(
-        float_path, float_path.with_name("m-fp16.engine"), "fp16"
-    )
-    assert script == float_path.with_name("m-fp16.trtexec.sh")
-    assert os.access(script, os.X_OK)
+def test_tensorrt_converter_writes_the_float16_file_and_its_script(toy_model, tmp_path):
+    """Without TensorRT, an fp16 engine becomes student-fp16.onnx (from student.onnx) and a
+    script whose TensorRT 11 and strongly typed 10 commands read it."""
+    engine = tmp_path / "student-fp16.engine"
+    script = trt_conv.convert(toy_model, engine, precision="float16")
+    assert script == tmp_path / "student-fp16.trtexec.sh" and not engine.exists()
+    assert onnx_precision(tmp_path / "student-fp16.onnx") == "float16"
+    assert onnx_precision(tmp_path / "student.onnx") == "float32"
     text = script.read_text()
-    assert text.startswith("#!/bin/sh\n") and "--fp16" in text and "--onnx=m.onnx" in text
-    # Run it with `echo` standing in for trtexec: it runs from its folder, arguments intact.
-    proc = subprocess.run(
-        ["sh", str(script)], env={**os.environ, "TRTEXEC": "echo"},
-        cwd=tmp_path, capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    args = proc.stdout.split()
-    assert args[:3] == ["--onnx=m.onnx", "--saveEngine=m-fp16.engine", "--fp16"]
-    assert "--optShapes=pixels:1x16x16x3" in args and args[-1] == "--skipInference"
+    assert text.count("--onnx=student-fp16.onnx") == 2 and text.count("--onnx=student.onnx") == 1
+    assert "--stronglyTyped" in text and "--int8" not in text
+    with pytest.raises(ValueError, match="float32 input and output"):
+        trt_conv.convert(toy_model, engine, precision="float16", io_dtype="uint8")
 
 
-def _fake_tensorrt(calls: dict, *, parse_ok: bool = True, flags: tuple = ("FP16", "INT8")):
-    """Just enough of TensorRT 10's Python API to record what `build_engine` asks of it."""
-
-    class Logger:
-        WARNING = "warning"
-
-        def __init__(self, severity):
-            calls["log_level"] = severity
-
-    class Tensor:
-        name, shape = "pixels", (-1, 16, 16, 3)
-
-    class Network:
-        num_inputs = 1
-
-        def get_input(self, i):
-            return Tensor()
-
-    class ParserError:
-        def code(self):
-            return "UNSUPPORTED_NODE"
-
-        def desc(self):
-            return "no importer for op Foo"
-
-        def node(self):
-            return 7
-
-    class OnnxParser:
-        num_errors = 0 if parse_ok else 1
-
-        def __init__(self, network, logger):
-            pass
-
-        def parse_from_file(self, path):
-            calls["parsed"] = path
-            return parse_ok
-
-        def get_error(self, i):
-            return ParserError()
-
-    class Profile:
-        def set_shape(self, name, lo, opt, hi):
-            calls["profile"] = (name, lo, opt, hi)
-
-    class Config:
-        def set_memory_pool_limit(self, pool, size):
-            calls["pool"] = (pool, size)
-
-        def set_flag(self, flag):
-            calls.setdefault("flags", []).append(flag)
-
-        def add_optimization_profile(self, profile):
-            calls["profiles"] = calls.get("profiles", 0) + 1
-
-    class Builder:
-        def __init__(self, logger):
-            pass
-
-        def create_network(self, flags):
-            calls["network_flags"] = flags
-            return Network()
-
-        def create_builder_config(self):
-            return Config()
-
-        def create_optimization_profile(self):
-            return Profile()
-
-        def build_serialized_network(self, network, config):
-            return b"serialized-engine"
-
-    return types.SimpleNamespace(
-        Logger=Logger,
-        Builder=Builder,
-        OnnxParser=OnnxParser,
-        BuilderFlag=types.SimpleNamespace(**{f: f for f in flags}),
-        MemoryPoolType=types.SimpleNamespace(WORKSPACE="workspace"),
-    )
-
-
-@pytest.mark.parametrize(
-    ("precision", "flags"), [("fp32", []), ("fp16", ["FP16"]), ("int8", ["INT8", "FP16"])]
-)
-def test_build_engine_drives_the_tensorrt_api(exported, tmp_path, monkeypatch, precision, flags):
-    calls: dict = {}
-    monkeypatch.setitem(sys.modules, "tensorrt", _fake_tensorrt(calls))
-    engine = tmp_path / f"m-{precision}.engine"
-    out = trt_conv.build_engine(exported[1], engine, precision, workspace_mib=256, max_batch=8)
-    assert out == engine and engine.read_bytes() == b"serialized-engine"
-    assert calls["network_flags"] == 0 and calls["parsed"] == str(exported[1])
-    assert calls["pool"] == ("workspace", 256 << 20)
-    assert calls.get("flags", []) == flags
-    assert calls["profile"] == ("pixels", (1, 16, 16, 3), (8, 16, 16, 3), (8, 16, 16, 3))
-    assert calls["profiles"] == 1
-
-
-def test_build_engine_reports_parser_errors(exported, tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "tensorrt", _fake_tensorrt({}, parse_ok=False))
-    with pytest.raises(RuntimeError, match="no importer for op Foo") as info:
-        trt_conv.build_engine(exported[0], tmp_path / "m.engine", "fp32")
-    assert "UNSUPPORTED_NODE" in str(info.value) and "node 7" in str(info.value)
-    assert not (tmp_path / "m.engine").exists()
-
-
-def test_build_engine_on_a_tensorrt_without_precision_flags(exported, tmp_path, monkeypatch):
-    """TensorRT 11 drops FP16/INT8 builder flags: int8 relies on Q/DQ, fp16 is refused."""
-    calls: dict = {}
-    monkeypatch.setitem(sys.modules, "tensorrt", _fake_tensorrt(calls, flags=()))
-    trt_conv.build_engine(exported[1], tmp_path / "q.engine", "int8")
-    assert calls.get("flags", []) == []
-    with pytest.raises(RuntimeError, match="FP16"):
-        trt_conv.build_engine(exported[0], tmp_path / "h.engine", "fp16")
+def test_export_writes_float16_onnx_with_its_card_and_fp16_script(toy_model, tmp_path):
+    """`edgekd export --format onnx,tensorrt --fp16`: the float16 file is checked like any
+    other (ONNX Runtime against Keras), and the engine script builds from that file."""
+    x, y = _toy(4, 60)
+    cfg = ExportConfig(formats=("onnx", "tensorrt"), precisions=("float16",))
+    onnx_v, trt_v = export_model(toy_model, "student", tmp_path, cfg, x, x, y, {"run": "t"})
+    assert (onnx_v.format, onnx_v.precision) == ("onnx", "float16") and onnx_v.passed
+    assert onnx_v.path == tmp_path / "student-fp16.onnx" and onnx_v.note == "float32 I/O"
+    card = read_card(tmp_path / "student-fp16.onnx.json")
+    assert (card.format, card.precision, card.runtime) == ("onnx", "float16", "onnxruntime")
+    assert card.input["dtype"] == "float32" and card.parity["top1_agreement"] >= 0.95
+    assert trt_v.path == tmp_path / "student-fp16.trtexec.sh"
+    assert "--onnx=student-fp16.onnx" in trt_v.path.read_text()
+    assert load_runner(onnx_v.path).predict(x[:2]).shape == (2, 3)
 
 
 # ------------------------------------------------------------------------------ no TensorFlow

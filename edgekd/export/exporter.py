@@ -9,7 +9,8 @@ gate: the export then exits non-zero (unless forced), with the file and its card
 inspection. Silent int8 collapse is the most reported export failure in this field.
 
 Layout of the export folder (default `<run>/export/`): `labels.txt`, `<model>.tflite`,
-`<model>-int8.tflite`, `<model>.onnx`, `<model>-int8.onnx`, ..., one `<file>.json` card per
+`<model>-int8.tflite`, `<model>.onnx`, `<model>-fp16.onnx`, `<model>-int8.onnx`, ...,
+`<model>-int8.trtexec.sh` where TensorRT is absent, one `<file>.json` card per
 file, `export.json` (every variant), and with `members`: `members/` holding the generalist
 and the specialists in the same formats plus `ensemble.json`.
 """
@@ -281,7 +282,7 @@ def _note(fmt: str, precision: str, io_dtype: str, path: Path) -> str:
         return "TensorRT"
     if precision in FORMATS[fmt].integer_io:
         return f"{io_dtype} I/O"
-    return "Q/DQ" if (fmt, precision) == ("onnx", "int8") else ""
+    return {("onnx", "int8"): "Q/DQ", ("onnx", "float16"): "float32 I/O"}.get((fmt, precision), "")
 
 
 def check_and_card(

@@ -1,4 +1,5 @@
-"""Run a serialized TensorRT engine (`.engine` / `.plan`) with the TensorRT 10 Python API.
+"""Run a serialized TensorRT engine (`.engine` / `.plan`) with the TensorRT 10 or 11 Python API
+(every call below is in both, NVIDIA/TensorRT's Python bindings at v10.3.0 and v11.1).
 
 The engine is deserialized with `trt.Runtime`, its one input and one output are found by
 name (`num_io_tensors`, `get_tensor_mode`), and each chunk of images is copied to the GPU,
@@ -8,8 +9,8 @@ in cuda-python before 12.6), so nothing here needs PyCUDA, PyTorch or TensorFlow
 
 An engine is tied to the GPU and TensorRT version that built it: build it on the device
 (the export's `*.trtexec.sh` scripts, or `edgekd.converters.tensorrt.build_engine`).
-Int8 engines built from Q/DQ ONNX files take float pixels like the float ones; float16
-inputs and outputs are cast on the host.
+Int8 engines built from Q/DQ ONNX files and fp16 engines built from float16 ONNX files take
+float32 pixels like the float32 ones; float16 inputs and outputs are cast on the host.
 """
 
 from __future__ import annotations
