@@ -1,11 +1,31 @@
-"""Device profiles: YAML naming a runtime, threads, delegate and precisions, checked key by key."""
+"""Device profiles: YAML naming a runtime, threads, delegate and precisions, schema-checked.
+
+`ProfileSchema` is the schema of a profile file (a frozen pydantic model: unknown keys and
+values of the wrong type are errors, nothing is coerced); `ShippedProfileSchema` is the
+stricter one the built-in profiles (package data of `edgekd.devices`) must meet: they also
+carry `description`, `runtime`, `install` and `notes`. `load_profile` turns a file into the
+`DeviceProfile` that bench reads; every error names the file and the key.
+"""
 
 from __future__ import annotations
 
+import difflib
 import os
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+)
 
 from edgekd import safe_yaml
 from edgekd.contract import PRECISIONS
@@ -29,6 +49,79 @@ _DELEGATE_KEYS = {
     "fp16": "TensorRT: allow float16 kernels (trt_fp16_enable)",
     "gpu_library": "LiteRT: external GPU delegate library (libtensorflowlite_gpu_delegate.so)",
 }
+# What a value of each key must be, for the error message ("expected ..., got ...").
+_EXPECTED = {
+    "name": "text",
+    "description": "text",
+    "install": "text",
+    "notes": "text",
+    "runtime": f"one of {', '.join(RUNTIMES)}",
+    "threads": "a positive integer or null",
+    "batch": "a positive integer",
+    "delegate": f"a mapping ({', '.join(_DELEGATE_KEYS)})",
+    "precisions": f"a list of {', '.join(PRECISIONS)}",
+    "delegate.gpu_library": "a library path or null",
+    **{f"delegate.{k}": "true or false" for k in ("xnnpack", "gpu", "tensorrt", "fp16")},
+}
+# Keys a built-in profile must carry (ShippedProfileSchema); a user's file may leave them out.
+SHIPPED_REQUIRED = ("description", "runtime", "install", "notes")
+
+Runtime = Literal[RUNTIMES]  # type: ignore[valid-type]
+Precision = Literal[PRECISIONS]  # type: ignore[valid-type]
+
+
+class _Strict(BaseModel):
+    """Unknown keys are errors, values are not coerced (no 'yes' for true, no 1.0 for 1)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DelegateSchema(_Strict):
+    """`delegate:` of a profile: which accelerators the runtimes may use."""
+
+    xnnpack: StrictBool = Field(True, description=_DELEGATE_KEYS["xnnpack"])
+    gpu: StrictBool = Field(False, description=_DELEGATE_KEYS["gpu"])
+    tensorrt: StrictBool = Field(False, description=_DELEGATE_KEYS["tensorrt"])
+    fp16: StrictBool = Field(False, description=_DELEGATE_KEYS["fp16"])
+    gpu_library: StrictStr | None = Field(None, description=_DELEGATE_KEYS["gpu_library"])
+
+    @field_validator("gpu_library")
+    @classmethod
+    def _not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("blank")
+        return value
+
+
+class ProfileSchema(_Strict):
+    """A device profile file (devices/NAME.yaml or a user's own). Every key is optional."""
+
+    name: StrictStr | None = Field(None, min_length=1, description=_PROFILE_KEYS["name"])
+    description: StrictStr | None = Field(None, description=_PROFILE_KEYS["description"])
+    runtime: Runtime = Field("all", description=_PROFILE_KEYS["runtime"])
+    threads: StrictInt | None = Field(None, ge=1, description=_PROFILE_KEYS["threads"])
+    delegate: DelegateSchema | None = Field(None, description=_PROFILE_KEYS["delegate"])
+    precisions: list[Precision] | None = Field(
+        None, min_length=1, description=_PROFILE_KEYS["precisions"]
+    )
+    batch: StrictInt = Field(DEFAULT_BATCH, ge=1, description=_PROFILE_KEYS["batch"])
+    install: StrictStr | None = Field(None, description=_PROFILE_KEYS["install"])
+    notes: StrictStr | None = Field(None, description=_PROFILE_KEYS["notes"])
+
+    @field_validator("precisions", mode="before")
+    @classmethod
+    def _one_precision(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value  # `precisions: int8`
+
+
+class ShippedProfileSchema(ProfileSchema):
+    """A built-in profile: it also says what the hardware is, how to set it up and what to
+    know, and names its runtime rather than taking the default."""
+
+    description: StrictStr = Field(..., min_length=1, description=_PROFILE_KEYS["description"])
+    runtime: Runtime = Field(..., description=_PROFILE_KEYS["runtime"])
+    install: StrictStr = Field(..., min_length=1, description=_PROFILE_KEYS["install"])
+    notes: StrictStr = Field(..., min_length=1, description=_PROFILE_KEYS["notes"])
 
 
 @dataclass
@@ -60,12 +153,69 @@ def device_profiles() -> dict[str, Path]:
     return dict(sorted(found.items()))
 
 
-def load_profile(name_or_path: str | Path) -> DeviceProfile:
+def _is_builtin(path: Path) -> bool:
+    try:
+        here = path.resolve()
+        return any(here == p.resolve() for p in device_profiles().values())
+    except OSError:
+        return False
+
+
+def _why(err: dict[str, Any], key: str) -> str:
+    """One pydantic error as the words after "key 'KEY': "."""
+    kind, value = err["type"], err.get("input")
+    if kind == "extra_forbidden":
+        parent, _, leaf = key.rpartition(".")
+        known = list(_DELEGATE_KEYS if parent == "delegate" else _PROFILE_KEYS)
+        hint = difflib.get_close_matches(leaf, known, n=1)
+        tip = f"did you mean {hint[0]!r}? " if hint else ""
+        return f"unknown key ({tip}known keys: {', '.join(sorted(known))})"
+    if kind == "missing":
+        what = _PROFILE_KEYS.get(key, key)
+        return f"missing: a built-in profile must set it ({what})"
+    if key == "precisions" and len(err["loc"]) > 1:
+        return f"unknown precision {value!r} (known: {', '.join(PRECISIONS)})"
+    if kind == "string_too_short":
+        return f"expected {_EXPECTED.get(key, 'text')}, got an empty value"
+    return f"expected {_EXPECTED.get(key, 'another value')}, got {value!r}"
+
+
+def validate_profile(raw: Any, path: str | Path, *, shipped: bool = False) -> ProfileSchema:
+    """`raw` (a profile file's parsed YAML) checked against the schema.
+
+    Raises:
+        BenchError: naming `path` and the key of each problem, one line each.
+    """
+    if not isinstance(raw, dict):
+        raise BenchError(f"{path}: a device profile is a mapping of keys, got {type(raw).__name__}")
+    for section, keys in ((raw, _PROFILE_KEYS), (raw.get("delegate"), _DELEGATE_KEYS)):
+        for key in section if isinstance(section, dict) else ():
+            if not isinstance(key, str):  # `1: x` or `true: x`: not a key name at all
+                prefix = "delegate." if keys is _DELEGATE_KEYS else ""
+                raise BenchError(f"{path}: key '{prefix}{key}': unknown key "
+                                 f"(known keys: {', '.join(sorted(keys))})")  # fmt: skip
+    schema = ShippedProfileSchema if shipped else ProfileSchema
+    try:
+        return schema.model_validate(raw)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = [str(p) for p in err["loc"] if not isinstance(p, int)]
+            key = ".".join(loc[:2])  # delegate.xnnpack; precisions[i] reports as precisions
+            lines.append(f"{path}: key {key!r}: {_why(err, key)}")
+        raise BenchError("\n".join(dict.fromkeys(lines))) from None
+
+
+def load_profile(name_or_path: str | Path, *, shipped: bool | None = None) -> DeviceProfile:
     """A device profile from a YAML file path or a built-in name ('raspberry-pi-5').
+
+    `shipped`: check against `ShippedProfileSchema` (the built-in profiles' schema); None
+    (the default) does so for the built-in files and uses `ProfileSchema` for any other.
 
     Raises:
         BenchError: no such file or name (the built-in names are listed), a YAML error, an
-            unknown key (the file and key are named) or a value of the wrong type.
+            unknown key, a missing required key or a value of the wrong type (the file and
+            the key are named).
     """
     path = Path(name_or_path)
     if not path.is_file():
@@ -78,62 +228,30 @@ def load_profile(name_or_path: str | Path) -> DeviceProfile:
             )
         path = builtins[stem]
     try:
-        raw = safe_yaml.load(path.read_bytes()) or {}
+        raw = safe_yaml.load(path.read_bytes())
     except OSError as exc:
         raise BenchError(f"{path}: cannot read device profile: {exc.strerror or exc}") from None
     except safe_yaml.YamlError as exc:
         where = f"{path}:{exc.line}" if exc.line else str(path)
         raise BenchError(f"{where}: device profile: {exc}") from None
-    if not isinstance(raw, dict):
-        raise BenchError(f"{path}: a device profile is a mapping of keys, got {type(raw).__name__}")
-
-    def bad(key: str, why: str) -> BenchError:
-        return BenchError(f"{path}: key {key!r}: {why}")
-
-    for key in raw:
-        if key not in _PROFILE_KEYS:
-            known = ", ".join(sorted(_PROFILE_KEYS))
-            raise bad(str(key), f"unknown key (known keys: {known})")
-    prof = DeviceProfile(name=str(raw.get("name") or path.stem), path=str(path))
-    for key in ("description", "install", "notes"):
-        value = raw.get(key)
-        if value is not None and not isinstance(value, str):
-            raise bad(key, f"expected text, got {value!r}")
-        setattr(prof, key, (value or "").strip())
-    runtime = raw.get("runtime", "all")
-    if runtime not in RUNTIMES:
-        raise bad("runtime", f"expected one of {', '.join(RUNTIMES)}, got {runtime!r}")
-    prof.runtime = runtime
-    for key in ("threads", "batch"):
-        value = raw.get(key, getattr(prof, key))
-        if value is None and key == "threads":
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise bad(key, f"expected a positive integer{' or null' * (key == 'threads')}, "
-                      f"got {value!r}")  # fmt: skip
-        setattr(prof, key, value)
-    delegate = raw.get("delegate") or {}
-    if not isinstance(delegate, dict):
-        raise bad("delegate", f"expected a mapping ({', '.join(_DELEGATE_KEYS)}), got {delegate!r}")
-    for key, value in delegate.items():
-        if key not in _DELEGATE_KEYS:
-            raise bad(f"delegate.{key}", f"unknown key (known: {', '.join(_DELEGATE_KEYS)})")
-        if key == "gpu_library":
-            if value is not None and (not isinstance(value, str) or not value.strip()):
-                raise bad(f"delegate.{key}", f"expected a library path or null, got {value!r}")
-            prof.gpu_library = os.path.expanduser(value.strip()) if value else None
-            continue
-        if not isinstance(value, bool):
-            raise bad(f"delegate.{key}", f"expected true or false, got {value!r}")
-        setattr(prof, key, value)
-    precisions = raw.get("precisions")
-    if precisions is not None:
-        if isinstance(precisions, str):
-            precisions = [precisions]
-        if not isinstance(precisions, list) or not precisions:
-            raise bad("precisions", f"expected a list of {', '.join(PRECISIONS)}")
-        for p in precisions:
-            if p not in PRECISIONS:
-                raise bad("precisions", f"unknown precision {p!r} (known: {', '.join(PRECISIONS)})")
-        prof.precisions = list(precisions)
-    return prof
+    if raw is None:
+        raw = {}
+    checked = validate_profile(raw, path, shipped=_is_builtin(path) if shipped is None else shipped)
+    delegate = checked.delegate or DelegateSchema()
+    library = delegate.gpu_library
+    return DeviceProfile(
+        name=checked.name or path.stem,
+        path=str(path),
+        description=(checked.description or "").strip(),
+        runtime=checked.runtime,
+        threads=checked.threads,
+        xnnpack=delegate.xnnpack,
+        gpu=delegate.gpu,
+        tensorrt=delegate.tensorrt,
+        fp16=delegate.fp16,
+        gpu_library=os.path.expanduser(library.strip()) if library else None,
+        precisions=list(checked.precisions) if checked.precisions is not None else None,
+        batch=checked.batch,
+        install=(checked.install or "").strip(),
+        notes=(checked.notes or "").strip(),
+    )
