@@ -1,4 +1,5 @@
-"""Keras model -> float ONNX; float ONNX -> float16 ONNX, and -> int8 Q/DQ ONNX for TensorRT.
+"""Keras model -> float ONNX; float ONNX -> float16 ONNX, -> int8 Q/DQ ONNX for TensorRT, and
+-> int8 ONNX for ONNX Runtime's CPU provider.
 
 The exported file keeps the model's contract: NHWC float32 RGB pixels 0..255 in (input
 "pixels", dynamic batch), logits out (output "logits"). Normalisation is a layer inside the
@@ -22,6 +23,12 @@ fp16 engine from: precision comes from the tensors' types, not from a builder fl
 Int8 uses ONNX Runtime's static quantiser in QDQ format, in the form TensorRT's explicit
 quantisation takes: symmetric int8 activations and weights (every zero point 0), per-channel
 weights, biases left in float (no int32 bias DequantizeLinear), one Q/DQ pair per consumer.
+On ONNX Runtime's CPU provider that file is slower than float32: symmetric int8 activations
+stop ORT from folding a ReLU into the quantised Conv, so 9 of a ResNet's 16 Convs run in float
+between Q/DQ pairs. The CPU flavour (`<model>-int8-cpu.onnx`, `quantize_onnx_int8_cpu`) is
+quantised the way ORT's CPU kernels want it: asymmetric uint8 activations, symmetric int8
+per-channel weights, int32 biases; every Conv becomes a QLinearConv with its ReLU folded in.
+`convert` writes it when the file name carries the contract's CPU tag.
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgekd.atomic import atomic_path
-from edgekd.contract import check_variant, sibling_file, variant_key
+from edgekd.contract import check_variant, parse_file_name, sibling_file, variant_key
 
 if TYPE_CHECKING:
     import keras
@@ -66,7 +73,8 @@ def convert(
 ) -> Path:
     """The export back-end's entry point (the signature every converter shares): `model` as
     a float32 ONNX file at `path`, a float16 one, or an int8 Q/DQ one calibrated on
-    `calibration`.
+    `calibration`; an int8 `path` named with the CPU tag (`student-int8-cpu.onnx`) gets the
+    ONNX Runtime CPU flavour (`quantize_onnx_int8_cpu`), any other int8 name the TensorRT one.
 
     float16 and int8 convert the model's float32 ONNX file: `reuse["onnx/float32"]` when
     this export already wrote it, else one written now beside `path` (`<model>.onnx`). ONNX
@@ -85,6 +93,9 @@ def convert(
         float_path = export_onnx(model, sibling_file(path, "onnx", "float32"))
     if precision == "float16":
         return convert_onnx_float16(float_path, path)
+    parsed = parse_file_name(path.name)
+    if parsed is not None and parsed.cpu:
+        return quantize_onnx_int8_cpu(float_path, path, calibration)
     return quantize_onnx_int8(float_path, path, calibration)
 
 
@@ -369,26 +380,10 @@ def quantize_onnx_int8(
     Raises:
         ValueError: empty or wrongly shaped calibration images, an unknown method.
     """
-    from onnxruntime.quantization import (
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     float_path, path = Path(float_path), Path(path)
-    methods = {
-        "minmax": CalibrationMethod.MinMax,
-        "entropy": CalibrationMethod.Entropy,
-        "percentile": CalibrationMethod.Percentile,
-    }
-    if method not in methods:
-        raise ValueError(f"unknown calibration method {method!r}; expected {CALIBRATION_METHODS}")
-    images = np.asarray(calibration)
-    if images.ndim != 4 or len(images) == 0:
-        raise ValueError(f"calibration images must be (N, H, W, C) with N > 0, got {images.shape}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    images = _check_calibration(calibration, method, batch_size)
 
     extra_options: dict[str, Any] = {
         "ActivationSymmetric": True,  # zero point 0 for activations (TensorRT needs it)
@@ -411,10 +406,92 @@ def quantize_onnx_int8(
                 activation_type=QuantType.QInt8,
                 weight_type=QuantType.QInt8,
                 per_channel=per_channel,
-                calibrate_method=methods[method],
+                calibrate_method=_calibration_method(method),
                 extra_options=extra_options,
             )
     return path
+
+
+CPU_QUANT_FORMATS = ("qoperator", "qdq")
+
+
+def quantize_onnx_int8_cpu(
+    float_path: str | Path,
+    path: str | Path,
+    calibration: np.ndarray,
+    *,
+    quant_format: str = "qdq",
+    method: str = "minmax",
+    batch_size: int = 16,
+    percentile: float = 99.999,
+) -> Path:
+    """Write the ONNX Runtime CPU flavour of int8 (`<model>-int8-cpu.onnx`) and return it.
+
+    Where `quantize_onnx_int8` writes what TensorRT takes (symmetric int8 activations, every
+    zero point 0), this file is what ONNX Runtime's CPU kernels are fast on: asymmetric uint8
+    activations (a calibrated zero point per tensor, so a ReLU's output uses all 256 levels and
+    the ReLU folds into the quantised Conv), symmetric int8 per-channel weights, int32 biases.
+    `quant_format` "qdq" (the default, ONNX Runtime's recommended format, which other
+    execution providers read too) writes QuantizeLinear/DequantizeLinear pairs that ORT
+    turns into QLinearConv / QLinearAdd / ... when it loads the file; "qoperator" writes
+    those nodes directly. On the ResNet students both optimise to the same graph (all 16
+    Convs QLinearConv, no ReLU left) and run at the same speed on x86; the TensorRT file
+    keeps 9 of 16 Convs in float with 13 standalone ReLUs (benchmarks/onnx_int8_cpu.py).
+
+    Args: as `quantize_onnx_int8`, plus `quant_format`, one of `CPU_QUANT_FORMATS`.
+
+    Raises:
+        ValueError: empty or wrongly shaped calibration images, an unknown method or format.
+    """
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    float_path, path = Path(float_path), Path(path)
+    formats = {"qoperator": QuantFormat.QOperator, "qdq": QuantFormat.QDQ}
+    if quant_format not in formats:
+        raise ValueError(f"unknown quant_format {quant_format!r}; expected {CPU_QUANT_FORMATS}")
+    images = _check_calibration(calibration, method, batch_size)
+    extra_options: dict[str, Any] = {"ActivationSymmetric": False, "WeightSymmetric": True}
+    if method == "percentile":
+        extra_options["CalibPercentile"] = float(percentile)
+    with tempfile.TemporaryDirectory(prefix="edgekd-quant-") as work:
+        source = _pre_process(float_path, Path(work) / "pre.onnx")
+        reader = _PixelReader(images, _input_name(source), batch_size)
+        with atomic_path(path) as tmp:
+            quantize_static(
+                str(source),
+                str(tmp),
+                reader,
+                quant_format=formats[quant_format],
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                per_channel=True,
+                calibrate_method=_calibration_method(method),
+                extra_options=extra_options,
+            )
+    return path
+
+
+def _check_calibration(calibration: np.ndarray, method: str, batch_size: int) -> np.ndarray:
+    """The calibration images as an array, after checking them and the method."""
+    if method not in CALIBRATION_METHODS:
+        raise ValueError(f"unknown calibration method {method!r}; expected {CALIBRATION_METHODS}")
+    images = np.asarray(calibration)
+    if images.ndim != 4 or len(images) == 0:
+        raise ValueError(f"calibration images must be (N, H, W, C) with N > 0, got {images.shape}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    return images
+
+
+def _calibration_method(name: str) -> Any:
+    """onnxruntime's CalibrationMethod for one of `CALIBRATION_METHODS`."""
+    from onnxruntime.quantization import CalibrationMethod
+
+    return {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }[name]
 
 
 def _input_name(path: Path) -> str:
@@ -527,3 +604,71 @@ def describe_qdq(path: str | Path) -> dict[str, Any]:
         "weight_dq": weight_dq,
         "per_channel_weight_dq": per_channel,
     }
+
+
+def describe_ort_cpu_graph(path: str | Path) -> dict[str, int]:
+    """What ONNX Runtime's CPU provider makes of an ONNX file once it has optimised it.
+
+    Returns a JSON-ready dict:
+        convs: Conv nodes (any domain: ONNX, NCHWc, QLinearConv).
+        int8_convs: those that run as QLinearConv (int8 kernels).
+        relu_fused: float Convs with a ReLU folded in (the `activation` attribute).
+        relu_left: ReLU nodes still standalone. In an int8 file a ReLU can fold only into a
+            QLinearConv whose uint8 output range starts at 0 (asymmetric activations).
+    """
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="edgekd-ortopt-") as work:
+        options = ort.SessionOptions()
+        options.optimized_model_filepath = str(Path(work) / "optimized.onnx")
+        options.log_severity_level = 3
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        graph = onnx.load(options.optimized_model_filepath).graph
+    convs = [n for n in graph.node if n.op_type in ("Conv", "FusedConv", "QLinearConv")]
+    fused = [
+        n
+        for n in convs
+        if any(a.name == "activation" and a.s.lower() == b"relu" for a in n.attribute)
+    ]
+    return {
+        "convs": len(convs),
+        "int8_convs": sum(n.op_type == "QLinearConv" for n in convs),
+        "relu_fused": len(fused),
+        "relu_left": sum(n.op_type == "Relu" for n in graph.node),
+    }
+
+
+INT8_FLAVOURS: dict[str, dict[str, str]] = {
+    "tensorrt": {
+        "target": "TensorRT (explicit quantisation)",
+        "quantizer": "onnxruntime.quantization.quantize_static, QDQ",
+        "activations": "int8 symmetric (zero point 0)",
+        "weights": "int8 symmetric, per channel",
+        "bias": "float",
+        "calibration": "minmax",
+    },
+    "cpu": {
+        "target": "ONNX Runtime CPU execution provider",
+        "quantizer": "onnxruntime.quantization.quantize_static, QDQ",
+        "activations": "uint8 asymmetric (calibrated zero points)",
+        "weights": "int8 symmetric, per channel",
+        "bias": "int32",
+        "calibration": "minmax",
+    },
+}
+"""What the card of each int8 ONNX flavour says about how it was quantised."""
+
+
+def describe_int8(path: str | Path, *, flavour: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(Q/DQ facts, quantisation facts) for an int8 ONNX file's card: `describe_qdq`, and
+    `INT8_FLAVOURS[flavour]` with what ORT's CPU provider makes of the file
+    (`describe_ort_cpu_graph`, under "ort_cpu_graph")."""
+    if flavour not in INT8_FLAVOURS:
+        raise ValueError(f"unknown int8 ONNX flavour {flavour!r}; expected {tuple(INT8_FLAVOURS)}")
+    info: dict[str, Any] = {"flavour": flavour, **INT8_FLAVOURS[flavour]}
+    try:
+        info["ort_cpu_graph"] = describe_ort_cpu_graph(path)
+    except Exception as exc:  # descriptive only: a file ORT cannot optimise still gets a card
+        log.warning("%s: could not inspect ONNX Runtime's optimised graph: %r", path, exc)
+    return describe_qdq(path), info

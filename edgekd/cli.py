@@ -133,6 +133,15 @@ def evaluate(run: str, data_spec: str | None, split: str, as_json: bool) -> None
     default=None,
     help="Input/output tensors of int8 TFLite files. Default: the recipe's export.int8_io.",
 )
+@click.option(
+    "--onnx-int8",
+    "onnx_int8",
+    default=None,
+    metavar="LIST",
+    help="Comma-separated int8 ONNX flavours: tensorrt (student-int8.onnx, symmetric Q/DQ), "
+    "cpu (student-int8-cpu.onnx, uint8 activations, fast on ONNX Runtime's CPU provider). "
+    "Default: the recipe's export.onnx_int8.",
+)
 @click.option("--members", is_flag=True, default=None, help="Also the generalist and specialists.")
 @click.option(
     "--qat", is_flag=True, default=None, help="Also int8 TFLite after quantisation-aware training."
@@ -154,6 +163,7 @@ def export(
     int8: bool,
     formats: str | None,
     int8_io: str | None,
+    onnx_int8: str | None,
     members: bool | None,
     qat: bool | None,
     out: str | None,
@@ -178,11 +188,22 @@ def export(
                 f"unknown format {unknown[0]!r}; choose from {', '.join(EXPORT_FORMATS)}",
                 param_hint="--format",
             )
+    flavours = ()
+    if onnx_int8:
+        flavours = tuple(f.strip() for f in onnx_int8.split(",") if f.strip())
+        unknown = [f for f in flavours if f not in ("tensorrt", "cpu")]
+        if unknown or not flavours:
+            raise click.BadParameter(
+                f"unknown int8 ONNX flavour {(unknown or [onnx_int8])[0]!r}; choose from "
+                "tensorrt, cpu",
+                param_hint="--onnx-int8",
+            )
     export_run(
         run, formats=fmts, precisions=tuple(picked) or None, members=members or None,
         qat=qat or None, out=out,
         force=force, log=click.echo,
-        overrides=(*overrides, *((f"export.int8_io={int8_io}",) if int8_io else ())),
+        overrides=(*overrides, *((f"export.int8_io={int8_io}",) if int8_io else ()),
+                   *((f"export.onnx_int8=[{','.join(flavours)}]",) if flavours else ())),
     )  # fmt: skip
 
 

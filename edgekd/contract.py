@@ -7,7 +7,9 @@ where only the runtime wheels are.
 
 - Formats x precisions: which precisions each format holds, and the file name of each
   (model, format, precision), e.g. `student-int8.tflite`, `student.onnx`, `student-fp16.engine`,
-  `student_saved_model`; `parse_file_name` reads one back.
+  `student_saved_model`; `parse_file_name` reads one back. Two int8 files carry a flavour
+  tag: `student-int8-qat.tflite` (quantisation-aware training) and `student-int8-cpu.onnx`
+  (quantised for ONNX Runtime's CPU kernels; `student-int8.onnx` is the TensorRT Q/DQ one).
 - Model cards (`<file>.json` beside each exported file): `ModelCard`, `write_card`, `read_card`.
 - The gated ensemble's `members/ensemble.json`: `EnsembleSpec`, `write_ensemble_spec`,
   `read_ensemble_spec`. The reader requires every field the writer writes, bar `tta` (older
@@ -29,6 +31,7 @@ from edgekd import atomic
 from edgekd.errors import EdgekdError
 
 __all__ = [
+    "CPU_TAG",
     "DUSTBIN_OUTPUT",
     "ENSEMBLE_FILE",
     "FLIP_DEFAULT",
@@ -40,6 +43,7 @@ __all__ = [
     "GATING_RULE",
     "GENERALIST",
     "LABELS_FILE",
+    "OUTPUTS",
     "PRECISIONS",
     "QAT_TAG",
     "TRTEXEC_SUFFIX",
@@ -54,6 +58,8 @@ __all__ = [
     "file_name",
     "format_of",
     "member_names",
+    "output_meaning",
+    "outputs_probabilities",
     "parse_file_name",
     "read_card",
     "read_ensemble_spec",
@@ -102,11 +108,33 @@ _PRECISION_TAGS = {"float32": "", "float16": "-fp16", "dynamic": "-dynamic", "in
 QAT_TAG = "-qat"
 """After the int8 tag of a file from quantisation-aware training: `student-int8-qat.tflite`."""
 _QAT_VARIANTS = (("tflite", "int8"),)
+CPU_TAG = "-cpu"
+"""After the int8 tag of the ONNX file quantised for ONNX Runtime's CPU kernels (asymmetric
+uint8 activations): `student-int8-cpu.onnx`, beside the TensorRT Q/DQ `student-int8.onnx`."""
+_CPU_VARIANTS = (("onnx", "int8"),)
 
 TRTEXEC_SUFFIX = ".trtexec.sh"
 """The script that builds `<stem>.engine` on the device where TensorRT was missing at export."""
 LABELS_FILE = "labels.txt"
 """Class names, one per line, in output order, beside the exported files."""
+OUTPUTS: tuple[str, ...] = ("logits", "probabilities")
+"""What an exported model outputs (recipe `export.output`): logits, or their softmax."""
+
+
+def output_meaning(output: str) -> str:
+    """A model card's `output.meaning`: "logits, labels.txt order" or "probabilities (softmax),
+    labels.txt order"."""
+    if output not in OUTPUTS:
+        raise ValueError(f"unknown output {output!r}; expected one of {OUTPUTS}")
+    what = "probabilities (softmax)" if output == "probabilities" else "logits"
+    return f"{what}, {LABELS_FILE} order"
+
+
+def outputs_probabilities(card: ModelCard | None) -> bool:
+    """Whether the file a card describes outputs probabilities (no softmax needed)."""
+    meaning = (card.output or {}).get("meaning", "") if card is not None else ""
+    return str(meaning).startswith("probabilities")
+
 
 
 def supports(fmt: str, precision: str) -> bool:
@@ -130,20 +158,25 @@ def variant_key(fmt: str, precision: str) -> str:
     return f"{fmt}/{precision}"
 
 
-def file_name(model: str, fmt: str, precision: str, *, qat: bool = False) -> str:
-    """The name export gives `model` in `fmt` at `precision`, e.g. 'student-int8.tflite'.
+def file_name(model: str, fmt: str, precision: str, *, qat: bool = False, cpu: bool = False) -> str:
+    """The name export gives `model` in `fmt` at `precision`, e.g. 'student-int8.tflite'
+    ('student-int8-qat.tflite' with `qat`, 'student-int8-cpu.onnx' with `cpu`).
 
     Raises:
-        ValueError: an unsupported format/precision (or QAT outside int8 TFLite), or a model
-            name that would not parse back (empty, a path, ending in a precision tag).
+        ValueError: an unsupported format/precision (or QAT outside int8 TFLite, the CPU
+            flavour outside int8 ONNX, both at once), or a model name that would not parse
+            back (empty, a path, ending in a precision or flavour tag).
     """
     check_variant(fmt, precision)
     if qat and (fmt, precision) not in _QAT_VARIANTS:
         raise ValueError(f"quantisation-aware files are int8 TFLite only, not {fmt} {precision}")
-    tags = (*(t for t in _PRECISION_TAGS.values() if t), QAT_TAG)
+    if cpu and (fmt, precision) not in _CPU_VARIANTS:
+        raise ValueError(f"the CPU int8 flavour is int8 ONNX only, not {fmt} {precision}")
+    tags = (*(t for t in _PRECISION_TAGS.values() if t), QAT_TAG, CPU_TAG)
     if not model or "/" in model or "\\" in model or model.endswith(tags):
         raise ValueError(f"{model!r} is not a model name export can use in a file name")
-    return f"{model}{_PRECISION_TAGS[precision]}{QAT_TAG if qat else ''}{FORMATS[fmt].suffixes[0]}"
+    flavour = QAT_TAG if qat else CPU_TAG if cpu else ""
+    return f"{model}{_PRECISION_TAGS[precision]}{flavour}{FORMATS[fmt].suffixes[0]}"
 
 
 def sibling_file(path: str | Path, fmt: str, precision: str) -> Path:
@@ -164,11 +197,14 @@ class ArtifactName:
     format: str
     precision: str
     qat: bool = False
+    cpu: bool = False  # int8 ONNX quantised for ONNX Runtime's CPU kernels
 
     @property
     def label(self) -> str:
-        """The precision as reports show it: 'int8-qat' for a QAT file, else the precision."""
-        return f"{self.precision}{QAT_TAG}" if self.qat else self.precision
+        """The precision as reports show it: 'int8-qat' for a QAT file, 'int8-cpu' for the
+        CPU-flavoured int8 ONNX file, else the precision."""
+        tag = QAT_TAG if self.qat else CPU_TAG if self.cpu else ""
+        return f"{self.precision}{tag}"
 
 
 def format_of(path: str | Path) -> str | None:
@@ -181,7 +217,7 @@ def format_of(path: str | Path) -> str | None:
 
 
 def parse_file_name(name: str | Path) -> ArtifactName | None:
-    """(model, format, precision, qat) of an exported file name; None if it is not one."""
+    """(model, format, precision, qat, cpu) of an exported file name; None if it is not one."""
     name = Path(name).name
     fmt = format_of(name)
     if fmt is None:
@@ -190,13 +226,17 @@ def parse_file_name(name: str | Path) -> ArtifactName | None:
     stem = name[: -len(suffix)]
     qat = stem.endswith(QAT_TAG)
     stem = stem.removesuffix(QAT_TAG)
+    cpu = not qat and stem.endswith(CPU_TAG)
+    stem = stem.removesuffix(CPU_TAG) if cpu else stem
     precision = next(
         (p for p, tag in _PRECISION_TAGS.items() if tag and stem.endswith(tag)), "float32"
     )
     model = stem.removesuffix(_PRECISION_TAGS[precision])
     if not model or not supports(fmt, precision) or (qat and (fmt, precision) not in _QAT_VARIANTS):
         return None
-    return ArtifactName(model, fmt, precision, qat)
+    if cpu and (fmt, precision) not in _CPU_VARIANTS:
+        return None
+    return ArtifactName(model, fmt, precision, qat, cpu)
 
 
 # --------------------------------------------------------------------------------------------
@@ -295,6 +335,8 @@ _CARD_KEYS: dict[str, str] = {
     "output": "mapping",
     "parity": "mapping",  # accuracy of the file and of Keras on the same images
     "qdq": "mapping",  # ONNX int8: what the Q/DQ nodes are
+    "flavour": "text",  # "cpu": int8 ONNX for ONNX Runtime's CPU kernels (CPU_TAG)
+    "quantization": "mapping",  # how an int8 ONNX file was quantised, and for which runtime
 }
 
 
@@ -330,6 +372,8 @@ class ModelCard:
     output: Mapping[str, Any] | None = None
     parity: Mapping[str, Any] | None = None
     qdq: Mapping[str, Any] | None = None
+    flavour: str | None = None
+    quantization: Mapping[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -365,6 +409,11 @@ class ModelCard:
             raise check.fail(
                 "precision", f"{values['precision']!r} is not a precision of {values['format']}"
             )
+        flavour = values.get("flavour")
+        if flavour is not None and (
+            flavour != CPU_TAG[1:] or (values["format"], values["precision"]) not in _CPU_VARIANTS
+        ):
+            raise check.fail("flavour", f"{flavour!r}: the only flavour is 'cpu', of int8 ONNX")
         shape = (values.get("input") or {}).get("shape")
         if shape is not None:
             if not isinstance(shape, list | tuple):

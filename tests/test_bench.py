@@ -346,6 +346,65 @@ def test_find_targets_tensorrt_engines(tmp_path):
     assert [t.path.name for t in find_targets(tmp_path, ["onnx"])] == ["student-int8.onnx"]
 
 
+@pytest.fixture(scope="module")
+def onnx_int8_dir(tmp_path_factory) -> Path:
+    """student.onnx, the TensorRT Q/DQ student-int8.onnx and student-int8-cpu.onnx, carded
+    as `edgekd export --onnx-int8 tensorrt,cpu` cards them."""
+    pytest.importorskip("onnxruntime.quantization")
+    from edgekd.converters.onnx import quantize_onnx_int8, quantize_onnx_int8_cpu
+
+    out = tmp_path_factory.mktemp("onnx-int8")
+    _colour_onnx(out / "student.onnx")
+    calib = np.random.default_rng(0).integers(0, 256, (16, *SHAPE), dtype=np.uint8)
+    quantize_onnx_int8(out / "student.onnx", out / "student-int8.onnx", calib)
+    quantize_onnx_int8_cpu(out / "student.onnx", out / "student-int8-cpu.onnx", calib)
+    _card(out / "student.onnx", "float32")
+    _card(out / "student-int8.onnx", "int8")
+    _card(out / "student-int8-cpu.onnx", "int8", flavour="cpu")
+    (out / "labels.txt").write_text("\n".join(CLASSES) + "\n")
+    return out
+
+
+def test_find_targets_tells_the_int8_onnx_flavours_apart(onnx_int8_dir, tmp_path):
+    rows = find_targets(onnx_int8_dir, ["onnx"])
+    assert [(t.precision, t.path.name) for t in rows] == [
+        ("float32", "student.onnx"),
+        ("int8", "student-int8.onnx"),
+        ("int8-cpu", "student-int8-cpu.onnx"),
+    ]
+    assert [t.precision for t in find_targets(onnx_int8_dir, ["onnx"], ["int8"])] == [
+        "int8", "int8-cpu"
+    ]  # fmt: skip
+    # Without cards the file name says it.
+    for name in ("student-int8.onnx", "student-int8-cpu.onnx"):
+        shutil.copy(onnx_int8_dir / name, tmp_path / name)
+    assert [t.precision for t in find_targets(tmp_path, ["onnx"])] == ["int8", "int8-cpu"]
+
+
+def test_bench_and_predict_take_the_cpu_int8_onnx_file(onnx_int8_dir, images, tmp_path):
+    """One bench table holds float32, the TensorRT Q/DQ int8 and the CPU int8 file."""
+    bare = tmp_path / "export"
+    shutil.copytree(onnx_int8_dir, bare)
+    proc = run_no_tf(
+        "bench", str(bare), "--runtime", "onnxruntime", "--data", f"folder:{images}",
+        "--limit", "6", "--runs", "3", "--warmup", "1", "--rounds", "1",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((bare / "bench.json").read_text())
+    rows = [(r["model"], r["precision"], r["format"]) for r in report["rows"]]
+    assert rows == [("student", p, "onnx") for p in ("float32", "int8", "int8-cpu")]
+    assert all("error" not in r for r in report["rows"]), report["rows"]
+    assert "int8-cpu" in proc.stdout
+    from edgekd.device.predict import resolve_model
+
+    (bare / "student-int8.onnx").unlink()
+    assert resolve_model(bare) == bare / "student-int8-cpu.onnx"
+    photo = str(images / "class_2" / "0001.png")
+    proc = run_no_tf("predict", str(bare), photo, "--top-k", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert "student-int8-cpu.onnx" in proc.stdout.splitlines()[0]
+
+
 def test_select_formats_skips_missing_tensorrt(tmp_path, monkeypatch):
     assert bench.runner._runtime_available("tensorrt") is False  # no tensorrt / cuda-python here
     monkeypatch.setattr(bench.runner, "_runtime_available", lambda r: r != "tensorrt")

@@ -94,10 +94,29 @@ def test_qat_and_model_names_that_would_not_parse_back_are_refused():
             file_name(bad, "tflite", "float32")
 
 
+def test_the_cpu_int8_onnx_file_name_parses_back():
+    """The int8 ONNX file for ONNX Runtime's CPU provider sits beside the TensorRT one."""
+    for model in MODELS:
+        name = file_name(model, "onnx", "int8", cpu=True)
+        assert name == f"{model}-int8-cpu.onnx"
+        got = parse_file_name(name)
+        assert got == contract.ArtifactName(model, "onnx", "int8", cpu=True)
+        assert got.label == "int8-cpu" and not got.qat
+        assert parse_file_name(f"{model}-int8.onnx").cpu is False  # the TensorRT one
+        assert contract.sibling_file(name, "onnx", "float32") == Path(f"{model}.onnx")
+    for fmt, precision in (("tflite", "int8"), ("onnx", "float32"), ("tensorrt", "int8")):
+        with pytest.raises(ValueError, match="int8 ONNX only"):
+            file_name("student", fmt, precision, cpu=True)
+    with pytest.raises(ValueError, match="model name"):
+        file_name("student-cpu", "onnx", "int8")
+
+
 @pytest.mark.parametrize(
     "name",
     ["student-int8.trtexec.sh", "student.tflite.json", "labels.txt", ".tflite", "-int8.onnx",
-     "student-dynamic.onnx", "student-int8-qat.onnx", "student-fp16_saved_model"],
+     "student-dynamic.onnx", "student-int8-qat.onnx", "student-fp16_saved_model",
+     "student-int8-cpu.tflite", "student-cpu.onnx", "student-fp16-cpu.onnx",
+     "student-int8-cpu.engine", "-int8-cpu.onnx"],
 )  # fmt: skip
 def test_names_that_are_not_exported_files(name):
     assert parse_file_name(name) is None
@@ -149,6 +168,21 @@ def test_card_round_trip(tmp_path):
     assert list(data)[:3] == ["run", "classes", "model"]  # the writer's order; unset left out
     assert "qdq" not in data and data["future_key"] == [1, 2]
     assert card_of(tmp_path / "student.onnx") is None  # no card: none, not an error
+
+
+def test_cpu_int8_card_round_trip(tmp_path):
+    model = tmp_path / "student-int8-cpu.onnx"
+    card = ModelCard(
+        format="onnx", precision="int8", file=model.name, flavour="cpu",
+        quantization={"flavour": "cpu", "activations": "uint8 asymmetric"},
+    )  # fmt: skip
+    write_card(model, card)
+    assert read_card(card_path(model)) == card
+    data = json.loads(card_path(model).read_text())
+    assert data["flavour"] == "cpu" and data["quantization"]["flavour"] == "cpu"
+    for bad in ({"flavour": 3}, {"flavour": "gpu"}, {"precision": "float32"}):
+        with pytest.raises(ContractError, match="flavour"):
+            ModelCard.from_json({**data, **bad}, "x.json")
 
 
 @pytest.mark.parametrize(

@@ -172,6 +172,28 @@ def test_export_errors_name_the_culprit(tmp_path):
     assert proc.returncode == 2 and "coreml" in proc.stderr and "--format" in proc.stderr
 
 
+def test_export_onnx_int8_flag_maps_onto_the_recipe(monkeypatch, tmp_path):
+    """`--onnx-int8 tensorrt,cpu` becomes `export.onnx_int8=[tensorrt, cpu]`, which the
+    schema reads back; an unknown flavour is refused before anything is loaded."""
+    from click.testing import CliRunner
+
+    from edgekd import cli
+    from edgekd.export import exporter
+    from edgekd.recipe.loading import parse_override
+
+    seen = {}
+    monkeypatch.setattr(exporter, "export_run", lambda run, **kw: seen.update(kw))
+    result = CliRunner().invoke(
+        cli.main, ["export", str(tmp_path), "--int8", "--onnx-int8", "tensorrt, cpu"]
+    )
+    assert result.exit_code == 0, result.output
+    (override,) = [o for o in seen["overrides"] if o.startswith("export.onnx_int8=")]
+    key, value = parse_override(override)
+    assert ExportConfig.model_validate({"onnx_int8": value}).onnx_int8 == ("tensorrt", "cpu")
+    proc = run_cli("export", str(tmp_path), "--onnx-int8", "cpu,gpu")
+    assert proc.returncode == 2 and "gpu" in proc.stderr and "--onnx-int8" in proc.stderr
+
+
 @pytest.mark.e2e
 def test_export_set_override_is_validated(smoke_export):
     run_dir, _ = smoke_export

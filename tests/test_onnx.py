@@ -20,11 +20,14 @@ from edgekd.contract import read_card
 from edgekd.converters import tensorrt as trt_conv
 from edgekd.converters.onnx import (
     _check_free_inputs,
+    convert,
     convert_onnx_float16,
+    describe_ort_cpu_graph,
     describe_qdq,
     export_onnx,
     onnx_precision,
     quantize_onnx_int8,
+    quantize_onnx_int8_cpu,
 )
 from edgekd.device.runtime import load_runner
 from edgekd.device.runtime.onnx import OnnxRunner
@@ -235,6 +238,121 @@ def test_quantize_rejects_bad_arguments(exported, tmp_path):
     with pytest.raises(ValueError, match="N > 0"):
         quantize_onnx_int8(exported[0], tmp_path / "q.onnx", calib[:0])
     assert not (tmp_path / "q.onnx").exists()
+
+
+# ------------------------------------------------------------------------------ int8 for ORT CPU
+
+
+@pytest.fixture(scope="module")
+def cpu_int8(exported, tmp_path_factory) -> Path:
+    """The ONNX Runtime CPU flavour of the toy model, on the same calibration images."""
+    out = tmp_path_factory.mktemp("onnx-cpu")
+    return quantize_onnx_int8_cpu(exported[0], out / "m-int8-cpu.onnx", _toy(2, 64)[0])
+
+
+def test_cpu_int8_has_asymmetric_uint8_activations_and_int8_weights(cpu_int8):
+    qdq = describe_qdq(cpu_int8)
+    assert qdq["quantize_linear"] > 0 and qdq["dequantize_linear"] > 0  # QDQ format
+    assert "uint8" in qdq["zero_point_dtypes"]  # activations
+    assert any(z != 0 for z in qdq["zero_points"])  # asymmetric: calibrated zero points
+    assert "int8" in qdq["quantized_dtypes"]  # weights
+    assert qdq["per_channel_weight_dq"] >= 12
+    graph = onnx.load(str(cpu_int8)).graph
+    consts = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    weights = [n.input[0] for n in graph.node if n.op_type == "DequantizeLinear"]
+    weight_zps = [
+        consts[n.input[2]] for n in graph.node
+        if n.op_type == "DequantizeLinear" and consts.get(n.input[0]) is not None
+        and consts[n.input[0]].dtype == np.int8
+    ]  # fmt: skip
+    assert weights and weight_zps and all((z == 0).all() for z in weight_zps)  # symmetric
+    activation_zps = [
+        consts[n.input[2]] for n in graph.node
+        if n.op_type == "QuantizeLinear" and len(n.input) > 2 and n.input[2] in consts
+    ]  # fmt: skip
+    assert activation_zps and all(z.dtype == np.uint8 for z in activation_zps)
+
+
+def test_cpu_int8_folds_every_relu_where_the_tensorrt_file_cannot(exported, cpu_int8):
+    """The issue's diagnosis, as ORT's CPU provider optimises the files: the symmetric file
+    keeps ReLUs standalone and Convs in float; the CPU one runs every Conv as QLinearConv."""
+    cpu = describe_ort_cpu_graph(cpu_int8)
+    assert cpu["convs"] >= 11 and cpu["int8_convs"] == cpu["convs"]
+    assert cpu["relu_left"] == 0
+    trt = describe_ort_cpu_graph(exported[1])
+    assert trt["relu_left"] > 0 and trt["int8_convs"] < trt["convs"]
+    assert describe_ort_cpu_graph(exported[0])["int8_convs"] == 0
+
+
+def test_cpu_int8_runs_and_agrees_with_the_float_file(toy_model, exported, cpu_int8, images):
+    labels = _toy(1, 96)[1]
+    reference = OnnxRunner(exported[0], threads=1, batch_size=32).predict(images)
+    assert (reference.argmax(1) == labels).mean() > 0.9  # learnt: agreement means something
+    runner = load_runner(cpu_int8, threads=1, batch_size=32)
+    scores = runner.predict(images)
+    assert runner.runtime == "onnxruntime" and runner.input.dtype == "float32"
+    assert scores.dtype == np.float32 and scores.shape == (96, 3)
+    assert (scores.argmax(1) == reference.argmax(1)).mean() >= 0.9
+    assert not np.allclose(scores, reference, atol=1e-6)  # really quantised
+    assert onnx_precision(cpu_int8) == "int8"
+
+
+def test_cpu_int8_qoperator_format_and_bad_arguments(exported, tmp_path):
+    calib = _toy(3, 16)[0]
+    path = quantize_onnx_int8_cpu(
+        exported[0], tmp_path / "q-int8-cpu.onnx", calib, quant_format="qoperator"
+    )
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert "QLinearConv" in ops and "Conv" not in ops
+    assert OnnxRunner(path).predict(calib[:2]).shape == (2, 3)
+    with pytest.raises(ValueError, match="quant_format"):
+        quantize_onnx_int8_cpu(exported[0], tmp_path / "x.onnx", calib, quant_format="qint")
+    with pytest.raises(ValueError, match="calibration method"):
+        quantize_onnx_int8_cpu(exported[0], tmp_path / "x.onnx", calib, method="mse")
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_convert_picks_the_flavour_by_file_name(toy_model, exported, tmp_path):
+    calib = _toy(3, 16)[0]
+    reuse = {"onnx/float32": exported[0]}
+    cpu = convert(toy_model, tmp_path / "student-int8-cpu.onnx", precision="int8",
+                  calibration=calib, reuse=reuse)  # fmt: skip
+    trt = convert(toy_model, tmp_path / "student-int8.onnx", precision="int8",
+                  calibration=calib, reuse=reuse)  # fmt: skip
+    assert "uint8" in describe_qdq(cpu)["zero_point_dtypes"]
+    assert describe_qdq(trt)["zero_points"] == [0]
+
+
+def test_export_writes_both_int8_onnx_flavours_with_cards(toy_model, tmp_path):
+    """`export.onnx_int8: [tensorrt, cpu]`: both files, each checked against Keras and carded;
+    the TensorRT build still takes the TensorRT Q/DQ file."""
+    x, y = _toy(4, 60)
+    cfg = ExportConfig(formats=("onnx",), precisions=("int8",), onnx_int8=("tensorrt", "cpu"))
+    trt_v, cpu_v = export_model(toy_model, "student", tmp_path, cfg, x, x, y, {"run": "t"})
+    assert trt_v.path == tmp_path / "student-int8.onnx" and trt_v.flavour == ""
+    assert cpu_v.path == tmp_path / "student-int8-cpu.onnx" and cpu_v.flavour == "cpu"
+    assert cpu_v.passed and "ORT CPU" in cpu_v.note
+    card = read_card(tmp_path / "student-int8-cpu.onnx.json")
+    assert (card.format, card.precision, card.flavour) == ("onnx", "int8", "cpu")
+    assert card.quantization["flavour"] == "cpu"
+    assert card.quantization["activations"].startswith("uint8 asymmetric")
+    assert card.quantization["ort_cpu_graph"]["relu_left"] == 0
+    assert "uint8" in card.qdq["zero_point_dtypes"]
+    assert card.parity["top1_agreement"] >= 0.9 and card.runtime == "onnxruntime"
+    trt_card = read_card(tmp_path / "student-int8.onnx.json")
+    assert trt_card.flavour is None and trt_card.quantization["flavour"] == "tensorrt"
+    assert trt_card.qdq["zero_points"] == [0]
+    only_cpu = ExportConfig(formats=("onnx",), precisions=("int8",), onnx_int8=("cpu",))
+    (v,) = export_model(toy_model, "student", tmp_path / "c", only_cpu, x, x, y, {"run": "t"})
+    assert v.path.name == "student-int8-cpu.onnx"
+    assert not (tmp_path / "c" / "student-int8.onnx").exists()
+
+
+def test_onnx_int8_option_is_checked():
+    assert ExportConfig().onnx_int8 == ("tensorrt",)
+    for bad in ((), ("cpu", "cpu"), ("gpu",)):
+        with pytest.raises(ValueError):
+            ExportConfig(onnx_int8=bad)
 
 
 def test_describe_qdq_reports_what_tensorrt_would_reject(tmp_path):

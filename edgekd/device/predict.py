@@ -13,17 +13,27 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekd.contract import ENSEMBLE_FILE, LABELS_FILE, ContractError, card_of, file_name, format_of
+from edgekd.contract import (
+    ENSEMBLE_FILE,
+    LABELS_FILE,
+    ContractError,
+    card_of,
+    file_name,
+    format_of,
+    outputs_probabilities,
+)
 from edgekd.data.images import read_rgb
 from edgekd.errors import DataError, EdgekdError, reason
 from edgekd.maths.fusion import softmax
 
 # Which file an export folder's prediction uses, best first: the int8 student is the one a
-# device ships; float32 is the fallback when int8 was not exported.
+# device ships (in ONNX the TensorRT Q/DQ file, else the CPU-flavoured one); float32 is the
+# fallback when int8 was not exported.
 STUDENT_PREFERENCE = tuple(
-    file_name("student", fmt, precision)
+    file_name("student", fmt, precision, cpu=cpu)
     for fmt in ("tflite", "onnx")
-    for precision in ("int8", "float32")
+    for precision, cpu in (("int8", False), ("int8", True), ("float32", False))
+    if not cpu or fmt == "onnx"
 )
 # The formats a file given by path may be in: those with a runtime here.
 _RUNNABLE = ("tflite", "onnx", "tensorrt")
@@ -100,6 +110,14 @@ def read_labels(model: Path, num_outputs: int | None = None) -> list[str]:
             f"{labels_file}: {len(names)} labels, but {model.name} has {num_outputs} outputs"
         )
     return names
+
+
+def _card(model: Path):
+    """The model card beside `model` (None when there is none)."""
+    try:
+        return card_of(model)
+    except ContractError as exc:
+        raise ModelError(str(exc)) from None
 
 
 def read_image(path: str | Path, size: tuple[int, int] | None = None) -> np.ndarray:
@@ -181,10 +199,11 @@ def predict_files(
         size = (int(shape[1]), int(shape[2]))
     k_out = runner.output.shape[-1] if runner.output.shape else None
     names = read_labels(model, k_out)
+    to_probs = (lambda z: z) if outputs_probabilities(_card(model)) else softmax  # export.output
     out: list[Prediction] = []
     for p in images:
         pixels = read_image(p, size)
-        probs = finite_probs(softmax(runner.predict(pixels[None]))[0], model, p)
+        probs = finite_probs(to_probs(runner.predict(pixels[None]))[0], model, p)
         order = np.argsort(-probs, kind="stable")[: min(top_k, len(probs))]
         out.append(Prediction(Path(p), [names[i] for i in order], [float(probs[i]) for i in order]))
     return model, str(getattr(runner, "runtime", "")), out

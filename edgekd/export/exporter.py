@@ -37,6 +37,8 @@ from edgekd.contract import (
     card_path,
     file_name,
     member_names,
+    output_meaning,
+    parse_file_name,
     supports,
     variant_key,
     write_card,
@@ -83,6 +85,7 @@ class Variant:
     path: Path | None
     card: dict[str, Any] = field(default_factory=dict)
     note: str = ""
+    flavour: str = ""  # "cpu": the int8 ONNX file for ONNX Runtime's CPU provider
 
     @property
     def passed(self) -> bool:
@@ -230,10 +233,16 @@ def export_model(
     context: dict[str, Any],
     log: Any = print,
     reference: np.ndarray | None = None,
+    *,
+    output: str | None = None,
+    outputs: list[str] | None = None,
 ) -> list[Variant]:
     """Every requested format x precision of one Keras model, each checked and carded.
 
     `reference`: the model's logits on `images`, when the caller already has them.
+    `output`: "probabilities" exports the model with a softmax after its logits (parity then
+    compares probabilities); defaults to `cfg.output`. `outputs`: the name of each output,
+    for the `.tflite` files' metadata; defaults to the context's classes (neither: none).
     """
     from edgekd.training.models import model_summary_stats
     from edgekd.training.trainer import predict_logits
@@ -241,6 +250,14 @@ def export_model(
     if reference is None:
         reference = predict_logits(model, images)
     stats = model_summary_stats(model)
+    output = cfg.output if output is None else output
+    if output == "probabilities":
+        from edgekd.maths.fusion import softmax
+
+        model, reference = _with_softmax(model), softmax(reference)
+    outputs = context.get("classes") if outputs is None else outputs
+    if outputs is None and "tflite" in cfg.formats:
+        log(f"[export] {name}: no class names given, its .tflite files carry no metadata")
     variants: list[Variant] = []
     written: dict[str, Path] = {}  # this model's files so far, by format/precision
     unsupported = [
@@ -248,30 +265,69 @@ def export_model(
     ]
     if unsupported:
         log(f"[export] {name}: no such variant, skipped: {', '.join(unsupported)}")
-    for fmt in cfg.formats:
-        for precision in cfg.precisions:
-            if not supports(fmt, precision):
-                continue
+    pairs = [(f, p) for f in cfg.formats for p in cfg.precisions if supports(f, p)]
+    for fmt, precision in pairs:
+        cpu_flavours = [False]
+        if (fmt, precision) == ("onnx", "int8"):  # the TensorRT Q/DQ file and/or the ORT CPU one
+            cpu_flavours = [f == "cpu" for f in cfg.onnx_int8]
+        for cpu in cpu_flavours:
             io = cfg.int8_io if precision in FORMATS[fmt].integer_io else "float32"
             t0 = time.perf_counter()
             try:
                 convert = importlib.import_module(CONVERTERS[fmt]).convert
                 path = convert(
-                    model, out_dir / file_name(name, fmt, precision), precision=precision,
-                    calibration=calib, io_dtype=io, reuse=written,
+                    model, out_dir / file_name(name, fmt, precision, cpu=cpu),
+                    precision=precision, calibration=calib, io_dtype=io, reuse=written,
                 )  # fmt: skip
             except ImportError as exc:
                 variants.append(Variant(name, fmt, precision, None, note=f"skipped: {exc}"))
                 continue
-            written[variant_key(fmt, precision)] = path
-            variant = Variant(name, fmt, precision, path, note=_note(fmt, precision, io, path))
+            if fmt == "tflite" and outputs is not None:
+                embed_tflite_metadata(path, cfg, name, context, list(outputs), output)
+            if not cpu:  # reuse["onnx/int8"] is the TensorRT Q/DQ file a TensorRT build takes
+                written[variant_key(fmt, precision)] = path
+            note = "uint8 Q/DQ, ORT CPU" if cpu else _note(fmt, precision, io, path)
+            variant = Variant(name, fmt, precision, path, note=note, flavour="cpu" if cpu else "")
             variant.card = check_and_card(
                 path, fmt, precision, {**context, "model": name, "params": int(stats["params"]),
                 "macs": int(stats["macs"]), "convert_s": round(time.perf_counter() - t0, 1)},
-                cfg, images, labels, reference, log,
+                cfg, images, labels, reference, log, output=output,
             )  # fmt: skip
             variants.append(variant)
     return variants
+
+
+def _with_softmax(model: Any) -> Any:
+    """`model` followed by a softmax: probabilities out instead of logits."""
+    import keras
+
+    return keras.Sequential([model, keras.layers.Softmax()], name=model.name)
+
+
+def embed_tflite_metadata(
+    path: Path,
+    cfg: ExportConfig,
+    model: str,
+    context: dict[str, Any],
+    outputs: list[str],
+    output: str = "logits",
+) -> None:
+    """The TFLite metadata MediaPipe Tasks' ImageClassifier reads, into the `.tflite` file at
+    `path`: the output names as `labels.txt`, the input's normalisation (mean 0, std 1: raw
+    pixels), size and colour space, and `export.metadata`'s name, version and licence."""
+    from edgekd.converters.tflite_metadata import embed_metadata
+
+    meta = cfg.metadata
+    recipe = context.get("recipe") or "edgekd"
+    embed_metadata(
+        path, outputs, labels_file=LABELS_FILE, output=output,
+        name=meta.name or f"{recipe}-{model}", version=meta.version,
+        description=meta.description or (
+            f"{model} of edgekd recipe {recipe}: an image classifier over {len(outputs)} "
+            f"classes; RGB pixels 0..255 in, {output_meaning(output)}"
+        ),
+        author=meta.author, license=meta.license,
+    )  # fmt: skip
 
 
 def _note(fmt: str, precision: str, io_dtype: str, path: Path) -> str:
@@ -295,8 +351,13 @@ def check_and_card(
     labels: np.ndarray,
     reference: np.ndarray,
     log: Any = print,
+    *,
+    output: str = "logits",
 ) -> dict[str, Any]:
     """Run one exported file with its runtime against the Keras reference; write its card.
+
+    `output`: what the file outputs, "logits" or "probabilities" (then `reference` holds the
+    Keras probabilities).
 
     Returns the card as JSON types (`edgekd.contract.ModelCard.to_json`).
     """
@@ -321,7 +382,7 @@ def check_and_card(
         runner = load_runner(path, threads=cfg.threads, batch_size=min(64, len(images)) or 1)
         card.runtime = getattr(runner, "runtime", "")
         card.input = {**runner.input.__dict__, "layout": "NHWC", "pixels": "RGB 0..255"}
-        card.output = {**runner.output.__dict__, "meaning": f"logits, {LABELS_FILE} order"}
+        card.output = {**runner.output.__dict__, "meaning": output_meaning(output)}
         card.parity = p = parity(runner, images, labels, reference, cfg.tolerance_pp)
         log(
             f"[export] {path.name}: {100 * p['accuracy']:.2f}% (Keras "
@@ -330,9 +391,11 @@ def check_and_card(
             + ("" if p["passed"] else "  FAILS the parity gate")
         )
     if fmt == "onnx" and precision == "int8":
-        from edgekd.converters.onnx import describe_qdq
+        from edgekd.converters.onnx import describe_int8
 
-        card.qdq = describe_qdq(path)
+        parsed = parse_file_name(path.name)
+        card.flavour = "cpu" if parsed is not None and parsed.cpu else None
+        card.qdq, card.quantization = describe_int8(path, flavour=card.flavour or "tensorrt")
     if path.exists():
         write_card(path, card)
     return card.to_json()
@@ -381,6 +444,7 @@ def _export_qat(
     )  # fmt: skip
     from edgekd.training.models import model_summary_stats
 
+    embed_tflite_metadata(path, cfg, cfg.model, context, list(data.class_names))  # logits
     stats = model_summary_stats(model)
     card = check_and_card(
         path, "tflite", "int8", {**context, "model": cfg.model, "params": int(stats["params"]),
@@ -413,6 +477,7 @@ def _export_members(
     models = [ensemble.generalist, *ensemble.specialists]
     variants: list[Variant] = []
     files: dict[str, dict[str, str]] = {name: {} for name in names}
+    outputs = ensemble.spec(context["classes"]).outputs  # each member's output names
     for m, (member, model) in enumerate(zip(names, models, strict=True), start=-1):
         if member == GENERALIST:
             labels = val.labels
@@ -421,9 +486,10 @@ def _export_members(
         got = export_model(
             model, member, out_dir, cfg, calib, val.images, labels,
             {**context, "stage": "generalist" if member == GENERALIST else "specialists"}, log,
+            output="logits", outputs=outputs(member),  # ensemble.json fuses members' logits
         )  # fmt: skip
         for v in got:
-            if v.path is not None:
+            if v.path is not None and not v.flavour:  # ensemble.json: one file per variant
                 files[member][variant_key(v.format, v.precision)] = v.path.name
         variants += got
     spec = ensemble.spec(context["classes"], members=files, input_shape=tuple(calib.shape[1:]))

@@ -322,6 +322,19 @@ EXPORT_FORMATS: tuple[str, ...] = tuple(FORMATS)
 EXPORT_PRECISIONS: tuple[str, ...] = PRECISIONS
 
 
+class MetadataConfig(_Section):
+    """What every exported `.tflite` file says about itself in its TFLite metadata (read by
+    MediaPipe Tasks and the TFLite Task Library), beside its labels and input normalisation."""
+
+    name: str | None = Field(None, min_length=1, description="null: <recipe name>-<model>")
+    version: str = Field("1", min_length=1, description="the model's version")
+    description: str | None = Field(
+        None, description="null: what the model is, the recipe it came from, what it outputs"
+    )
+    author: str = Field("", description="who made the model; empty: left out")
+    license: str = Field("", description="the model's licence, e.g. Apache-2.0; empty: left out")
+
+
 class ExportConfig(_Section):
     """`edgekd export`: which model, formats and precisions; calibration; the parity gate."""
 
@@ -336,6 +349,13 @@ class ExportConfig(_Section):
     )
     int8_io: Literal[IO_DTYPES] = Field(
         "uint8", description="int8 TFLite input/output tensors; uint8 takes the pixels as they are"
+    )
+    onnx_int8: tuple[Literal["tensorrt", "cpu"], ...] = Field(
+        ("tensorrt",),
+        min_length=1,
+        description="the int8 ONNX files: tensorrt: <model>-int8.onnx, symmetric Q/DQ as "
+        "TensorRT takes it; cpu: <model>-int8-cpu.onnx, asymmetric uint8 activations, fast on "
+        "ONNX Runtime's CPU provider",
     )
     calibration_images: int = Field(
         512, ge=1, description="class-balanced, seeded sample of the training split"
@@ -353,6 +373,19 @@ class ExportConfig(_Section):
     qat_epochs: int = Field(1, ge=1, le=1000)
     qat_lr: float = Field(1e-3, gt=0.0, le=1.0)
     threads: int | None = Field(None, ge=1, description="runtime threads for the parity run")
+    output: Literal["logits", "probabilities"] = Field(
+        "logits",
+        description="what the exported model outputs: logits, or their softmax (MediaPipe's "
+        "score thresholds and max_results assume probabilities); members and the QAT file "
+        "keep logits",
+    )
+    metadata: MetadataConfig = MetadataConfig()
+
+    @model_validator(mode="after")
+    def _distinct_onnx_int8(self) -> ExportConfig:
+        if len(set(self.onnx_int8)) != len(self.onnx_int8):
+            raise FieldError(("onnx_int8",), "list each of tensorrt, cpu at most once")
+        return self
 
 
 class TrainConfig(_Section):

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from edgekd.device.bench.options import base_precision
 from edgekd.device.bench.targets import Target
 
 
@@ -235,7 +236,7 @@ def measure(target: Target, spec: dict[str, Any], workdir: Path, timeout: float)
         **spec,
         "model": target.model,
         "format": target.format,
-        "precision": target.precision.removesuffix("-qat"),
+        "precision": base_precision(target.precision),
         "path": str(target.path),
         "out": str(workdir / f"{name}.out.json"),
     }

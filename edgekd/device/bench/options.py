@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edgekd.contract import PRECISIONS, QAT_TAG
+from edgekd.contract import CPU_TAG, PRECISIONS, QAT_TAG
 from edgekd.errors import EdgekdError
 
 RUNTIMES = ("litert", "onnxruntime", "tensorrt", "all")
@@ -17,7 +17,16 @@ INSTALL_HINTS = {
     "pip install cuda-python",
 }
 ENSEMBLE_PRECISIONS = ("float32", "int8")  # the reference ensemble and its int8 twin
-_PRECISION_ORDER = {p: i for i, p in enumerate((*PRECISIONS, f"int8{QAT_TAG}"))}
+# Rows' precisions: the contract's, and the flavoured int8 files (QAT TFLite, CPU ONNX).
+_PRECISION_ORDER = {p: i for i, p in enumerate((*PRECISIONS, f"int8{QAT_TAG}", f"int8{CPU_TAG}"))}
+
+
+def base_precision(label: str) -> str:
+    """The contract precision of a row's label: 'int8' for 'int8-qat' and 'int8-cpu'."""
+    for tag in (QAT_TAG, CPU_TAG):
+        label = label.removesuffix(tag)
+    return label
+
 
 DEFAULT_BATCH = 32
 DEFAULT_LIMIT = 1000

@@ -21,7 +21,8 @@ def _headline(report: dict[str, Any]) -> list[str]:
     by_pref = {(r["precision"], r["format"]): r for r in students}
     pick = next(
         (by_pref[k] for k in (("int8", "tflite"), ("int8", "onnx"), ("int8-qat", "tflite"),
-                              ("float32", "tflite"), ("float32", "onnx")) if k in by_pref),
+                              ("int8-cpu", "onnx"), ("float32", "tflite"), ("float32", "onnx"))
+         if k in by_pref),
         students[0],
     )  # fmt: skip
     lines = []

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgekd.contract import (
+    CPU_TAG,
     ENSEMBLE_FILE,
     FORMATS,
     PRECISIONS,
@@ -21,7 +22,7 @@ from edgekd.contract import (
     read_ensemble_spec,
     variant_key,
 )
-from edgekd.device.bench.options import _PRECISION_ORDER, ENSEMBLE_PRECISIONS
+from edgekd.device.bench.options import _PRECISION_ORDER, ENSEMBLE_PRECISIONS, base_precision
 
 
 @dataclass
@@ -30,7 +31,7 @@ class Target:
 
     model: str  # "student" | "ensemble"
     format: str  # "tflite" | "onnx" | "tensorrt" (an engine: student rows only)
-    precision: str  # float32, float16, dynamic, int8, int8-qat
+    precision: str  # float32, float16, dynamic, int8, int8-qat, int8-cpu
     path: Path  # the model file, or the members/ folder
     files: list[Path]
     size_bytes: int
@@ -50,13 +51,18 @@ class Target:
 
 
 def _student_precision(path: Path, card: ModelCard | None) -> str | None:
-    """float32 / float16 / dynamic / int8 / int8-qat, from the card or else the file name;
-    None for a file whose name is not an exported one and that has no card."""
+    """float32 / float16 / dynamic / int8 / int8-qat / int8-cpu, from the card or else the
+    file name; None for a file whose name is not an exported one and that has no card."""
     name = parse_file_name(path.name)
     if card is None:
         return None if name is None else name.label
-    qat = card.qat is not None or (name is not None and name.qat)
-    return f"{card.precision}{QAT_TAG}" if qat and card.precision == "int8" else card.precision
+    if card.precision != "int8":
+        return card.precision
+    if card.qat is not None or (name is not None and name.qat):
+        return f"int8{QAT_TAG}"
+    if card.flavour == "cpu" or (name is not None and name.cpu):
+        return f"int8{CPU_TAG}"
+    return card.precision
 
 
 def student_cards(export_dir: Path) -> list[ModelCard]:
@@ -91,7 +97,8 @@ def find_targets(
 ) -> list[Target]:
     """The student files and ensemble configurations of `export_dir` in `formats`.
 
-    `precisions` filters the student files (int8 includes int8-qat); the ensemble runs at
+    `precisions` filters the student files (int8 includes int8-qat and int8-cpu); the
+    ensemble runs at
     those of float32 and int8 it names (else at all it names). None: every student file, the
     ensemble at float32 and int8. An export without members/ gives student rows only.
     """
@@ -104,7 +111,7 @@ def find_targets(
             card = card_of(path)
             precision = _student_precision(path, card)
             if precision is None or (
-                precisions is not None and precision.removesuffix(QAT_TAG) not in precisions
+                precisions is not None and base_precision(precision) not in precisions
             ):
                 continue
             size = path.stat().st_size
