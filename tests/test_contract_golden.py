@@ -143,12 +143,13 @@ def test_raw_pixels_in_the_contracts_way_give_the_keras_answer(golden, name):
     else:
         # int8 rounds. The smoke student is near chance (its logits span about 0.7), so
         # many of its answers are near-ties that rounding may flip: the file's logits must
-        # follow Keras's (row-centred correlation; a permuted output gives about 0.4), and
-        # every top-1 it changes must be a Keras near-tie within the card's logit error.
+        # follow Keras's (row-centred correlation: 0.84-0.96 on two hosts' smoke students, a
+        # permuted output about 0.4, unrelated logits 0), and every top-1 it changes must be
+        # a Keras near-tie within the card's logit error.
         def centred(a: np.ndarray) -> np.ndarray:
             return (a - a.mean(axis=1, keepdims=True)).ravel()
 
-        assert np.corrcoef(centred(scores), centred(keras_logits))[0, 1] >= 0.9
+        assert np.corrcoef(centred(scores), centred(keras_logits))[0, 1] >= 0.7
         ordered = np.sort(keras_logits, axis=1)
         margin = ordered[:, -1] - ordered[:, -2]
         error = card["parity"]["max_logit_error"]
