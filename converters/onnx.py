@@ -380,7 +380,7 @@ def quantize_onnx_int8(
     Raises:
         ValueError: empty or wrongly shaped calibration images, an unknown method.
     """
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import QuantFormat, QuantType
 
     float_path, path = Path(float_path), Path(path)
     images = _check_calibration(calibration, method, batch_size)
@@ -391,9 +391,24 @@ def quantize_onnx_int8(
         "QuantizeBias": False,  # biases stay float: no int32 DequantizeLinear
         "DedicatedQDQPair": True,  # TensorRT cannot share one Q/DQ pair between consumers
     }
-    if method == "percentile":
-        extra_options["CalibPercentile"] = float(percentile)
+    return _quantize_static(
+        float_path, path, images, method=method, batch_size=batch_size, percentile=percentile,
+        quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8, per_channel=per_channel,
+        extra_options=extra_options,
+    )  # fmt: skip
 
+
+def _quantize_static(
+    float_path: Path, path: Path, images: np.ndarray, *, method: str, batch_size: int,
+    percentile: float, quant_format: Any, activation_type: Any, per_channel: bool,
+    extra_options: dict[str, Any],
+) -> Path:  # fmt: skip
+    """onnxruntime's `quantize_static` on the pre-processed float file, written atomically:
+    the step both int8 flavours share; they differ in format, activations and options."""
+    from onnxruntime.quantization import QuantType, quantize_static
+
+    if method == "percentile":
+        extra_options = {**extra_options, "CalibPercentile": float(percentile)}
     with tempfile.TemporaryDirectory(prefix="edgekd-quant-") as work:
         source = _pre_process(float_path, Path(work) / "pre.onnx")
         reader = _PixelReader(images, _input_name(source), batch_size)
@@ -402,8 +417,8 @@ def quantize_onnx_int8(
                 str(source),
                 str(tmp),
                 reader,
-                quant_format=QuantFormat.QDQ,
-                activation_type=QuantType.QInt8,
+                quant_format=quant_format,
+                activation_type=activation_type,
                 weight_type=QuantType.QInt8,
                 per_channel=per_channel,
                 calibrate_method=_calibration_method(method),
@@ -443,31 +458,18 @@ def quantize_onnx_int8_cpu(
     Raises:
         ValueError: empty or wrongly shaped calibration images, an unknown method or format.
     """
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import QuantFormat, QuantType
 
     float_path, path = Path(float_path), Path(path)
     formats = {"qoperator": QuantFormat.QOperator, "qdq": QuantFormat.QDQ}
     if quant_format not in formats:
         raise ValueError(f"unknown quant_format {quant_format!r}; expected {CPU_QUANT_FORMATS}")
     images = _check_calibration(calibration, method, batch_size)
-    extra_options: dict[str, Any] = {"ActivationSymmetric": False, "WeightSymmetric": True}
-    if method == "percentile":
-        extra_options["CalibPercentile"] = float(percentile)
-    with tempfile.TemporaryDirectory(prefix="edgekd-quant-") as work:
-        source = _pre_process(float_path, Path(work) / "pre.onnx")
-        reader = _PixelReader(images, _input_name(source), batch_size)
-        with atomic_path(path) as tmp:
-            quantize_static(
-                str(source),
-                str(tmp),
-                reader,
-                quant_format=formats[quant_format],
-                activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
-                per_channel=True,
-                calibrate_method=_calibration_method(method),
-                extra_options=extra_options,
-            )
+    _quantize_static(
+        float_path, path, images, method=method, batch_size=batch_size, percentile=percentile,
+        quant_format=formats[quant_format], activation_type=QuantType.QUInt8, per_channel=True,
+        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+    )  # fmt: skip
     return path
 
 
