@@ -44,6 +44,23 @@ def test_stored_targets_count_with_the_teacher(run):
     assert budget_seconds(run, "counted", 89_600) == 500.0 + 250.0 + 600.0 + 0.5 + 300.0 + 10.0
 
 
+def test_a_generalist_teacher_counts_the_generalist_alone(run):
+    # A student taught by the generalist needs no groups, specialists or ensemble: the
+    # counted budget holds what its teacher cost, not the stages run beside it.
+    rec = run.stage("student")
+    rec.metrics.update(teacher="generalist", teacher_targets_s=250.0)
+    run.set_stage("student", rec)
+    assert budget_seconds(run, "counted", 89_600) == 500.0 + 250.0 + 600.0
+    assert budget_seconds(run, "amortised", 89_600) == 500.0
+    recipe = build_recipe({
+        "data": {"path": "x"},
+        "generalist": {"epochs": 9, "batch_size": 128},
+        "student": {"epochs": 6, "batch_size": 128, "teacher": "generalist"},
+    })  # fmt: skip
+    # The fixture's student searched two temperatures for one epoch each.
+    assert budget_images(run, recipe, 1000, "counted") == (6 + 2) * 896 + 9 * 896
+
+
 def test_budget_images_counts_whole_batches(run):
     recipe = build_recipe({
         "data": {"path": "x"},

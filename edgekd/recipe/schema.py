@@ -301,7 +301,8 @@ class BudgetConfig(_Section):
     teacher_cost: tuple[Literal["counted", "amortised"], ...] = Field(
         ("counted", "amortised"),
         min_length=1,
-        description="counted: the budget is everything up to the distilled student; "
+        description="counted: the budget is the teacher's stages (the generalist alone for "
+        "student.teacher: generalist) and the distilled student; "
         "amortised: the distilled student's own training only (the teacher is reused)",
     )
     batch_size: int = Field(128, ge=1, le=65_536)

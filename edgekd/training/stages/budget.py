@@ -6,10 +6,12 @@ teacher's cost counted (the budget is everything up to and including the distill
 and once with it amortised (the budget is the distilled student's own training: a user who
 distils several students from one ensemble pays for the teacher once).
 
-The budget is measured, not configured: wall time is the upstream stages' recorded seconds
-(their evaluation included, which favours the control) plus the distilled student's epochs at
-its median images/s (and, counted, the labelling of stored teacher targets), converted to
-epochs at the hard-label control's median images/s;
+The budget is measured, not configured: wall time is the recorded seconds of the upstream
+stages the student's teacher is made of (all four for an ensemble teacher, the generalist
+alone for `student.teacher: generalist`; their evaluation included, which favours the
+control) plus the distilled student's epochs at its median images/s (and, counted, the
+labelling of stored teacher targets), converted to epochs at the hard-label control's median
+images/s;
 `match: images` counts the training images every model of the method saw instead.
 
 Reads: the manifest's stage records of generalist … student. Writes `budget/<variant>/`:
@@ -43,8 +45,14 @@ from edgekd.training.trainer import predict_probs, train_classifier
 UPSTREAM = ("generalist", "groups", "specialists", "ensemble")
 
 
+def teacher_stages(teacher: str) -> tuple[str, ...]:
+    """The upstream stages a student's teacher is made of, and so what its cost counts: a
+    student taught by the generalist alone needs no groups, specialists or ensemble."""
+    return ("generalist",) if teacher == "generalist" else UPSTREAM
+
+
 def budget_seconds(run: RunDir, teacher_cost: str, images_per_epoch: int) -> float:
-    """The method's wall time in seconds: upstream stages (counted) + the distilled student.
+    """The method's wall time in seconds: the teacher's stages (counted) + the distilled student.
 
     The student's part is its epochs at its median images/s, so one epoch slowed by another
     process on the machine does not inflate the budget; upstream stages count as recorded.
@@ -57,7 +65,8 @@ def budget_seconds(run: RunDir, teacher_cost: str, images_per_epoch: int) -> flo
     # Stored teacher targets are the teacher's work, reused by every student of the same
     # batches: counted with the teacher, amortised with it.
     own += float(student.get("teacher_targets_s", 0.0))
-    return own + sum(float(run.stage(s).wall_s or 0.0) for s in UPSTREAM)
+    stages = teacher_stages(student.get("teacher", "ensemble"))
+    return own + sum(float(run.stage(s).wall_s or 0.0) for s in stages)
 
 
 def budget_images(run: RunDir, recipe: Recipe, train_size: int, teacher_cost: str) -> int:
@@ -71,8 +80,11 @@ def budget_images(run: RunDir, recipe: Recipe, train_size: int, teacher_cost: st
     if teacher_cost == "amortised":
         return student
     g, sp = recipe.generalist, recipe.specialists
+    teacher = student + seen(g.epochs, g.batch_size)
+    if "specialists" not in teacher_stages(s.teacher):
+        return teacher
     n_spec = len(run.stage("specialists").metrics.get("specialists", []))
-    return student + seen(g.epochs, g.batch_size) + n_spec * seen(sp.epochs, sp.batch_size)
+    return teacher + n_spec * seen(sp.epochs, sp.batch_size)
 
 
 def budget_epochs(budget: float, per_epoch: float) -> int:
