@@ -2,7 +2,7 @@
 
 "Why not skip the ensemble and train the student's architecture from scratch, on hard
 labels, for as long as the whole method took?" This stage trains exactly that, once with the
-teacher's cost counted (the budget is everything up to and including the distilled student)
+teacher's cost counted (the budget is the teacher's training and the distilled student's)
 and once with it amortised (the budget is the distilled student's own training: a user who
 distils several students from one ensemble pays for the teacher once).
 
