@@ -114,6 +114,47 @@ def evaluate(run: str, data_spec: str | None, split: str, as_json: bool) -> None
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.tables())
 
 
+@main.command(name="report")
+@click.argument("run", type=click.Path())
+@click.option(
+    "--out", type=click.Path(file_okay=False), default=None,
+    help="Folder for report.html, report.md and the figures. [default: RUN/report]",
+)  # fmt: skip
+@click.option(
+    "--data", "data_spec", default=None, metavar="SPEC",
+    help="Evaluate on folder:PATH / cifar:PATH / tfds:NAME instead of the run's own data.",
+)  # fmt: skip
+@click.option(
+    "--split", type=click.Choice(["val", "test"]), default="val", show_default=True,
+    help="Which split of the run's own data (test only where the source has one).",
+)  # fmt: skip
+@click.option(
+    "--export", "export_dir", type=click.Path(file_okay=False), default=None,
+    help="The export folder to report on. [default: RUN/export, left out if absent]",
+)  # fmt: skip
+@click.option(
+    "--bench", "bench_path", type=click.Path(dir_okay=False), default=None,
+    help="A bench result, e.g. copied back from the device. [default: EXPORT/bench.json]",
+)  # fmt: skip
+def report(
+    run: str,
+    out: str | None,
+    data_spec: str | None,
+    split: str,
+    export_dir: str | None,
+    bench_path: str | None,
+) -> None:
+    """RUN on one page: report.html (self-contained) and report.md with its figures."""
+    from edgekd.training.report import build_report
+
+    written = build_report(
+        run, out, data_spec=data_spec, split=split, export_dir=export_dir,
+        bench_path=bench_path, log=lambda m: click.echo(m, err=True),
+    )  # fmt: skip
+    click.echo(f"report: {written['report.html']}")
+    click.echo(f"markdown: {written['report.md']} (+ {len(written) - 2} figures beside it)")
+
+
 @main.command(name="export")
 @click.argument("run", type=click.Path())
 @click.option("--float", "want_float", is_flag=True, help="float32 files.")

@@ -114,49 +114,85 @@ def _place_labels(fig: Any, ax: Any, rows: Sequence[dict[str, Any]]) -> None:
         placed.append(box)
 
 
-def save_plot(report: dict[str, Any], path: str | Path) -> str:
-    """Accuracy vs p50 latency, one point per row; a message saying what happened.
+def pyplot() -> Any:
+    """matplotlib's pyplot on the Agg backend (files, no display); ImportError without it."""
+    import matplotlib
 
-    matplotlib is optional (a device rarely needs it): without it the plot is skipped.
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+# Colour and marker of each bench row kind; `extra` points bring their own.
+_STYLES = {
+    ("student", "tflite"): ("tab:blue", "o"),
+    ("student", "onnx"): ("tab:blue", "^"),
+    ("student", "tensorrt"): ("tab:blue", "v"),
+    ("ensemble", "tflite"): ("tab:orange", "s"),
+    ("ensemble", "onnx"): ("tab:orange", "D"),
+}
+
+
+def accuracy_latency_figure(
+    report: dict[str, Any], extra: Sequence[dict[str, Any]] = (), title: str | None = None
+) -> Any | None:
+    """Accuracy vs p50 latency, one point per successful bench row, plus `extra` points; the
+    matplotlib figure, or None when there is nothing to draw. Needs matplotlib.
+
+    `extra`: points the caller places itself (`edgekd report` adds the generalist and the
+    hard-label control), each a dict with `legend`, `precision` (its label), `latency_ms`
+    {`p50`}, `accuracy`, `color`, `marker` and optionally `hollow` (an estimated latency).
     """
-    try:
-        import matplotlib
+    plt = pyplot()
+    import matplotlib.ticker
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        import matplotlib.ticker
-    except ImportError:
-        return "plot skipped: matplotlib not installed (pip install matplotlib)"
     rows = [r for r in report["rows"] if "error" not in r]
     if not rows:
-        return "plot skipped: no successful rows"
+        return None
     fig, ax = plt.subplots(figsize=(8, 5))
-    styles = {
-        ("student", "tflite"): ("tab:blue", "o"),
-        ("student", "onnx"): ("tab:blue", "^"),
-        ("student", "tensorrt"): ("tab:blue", "v"),
-        ("ensemble", "tflite"): ("tab:orange", "s"),
-        ("ensemble", "onnx"): ("tab:orange", "D"),
-    }
-    for (model, fmt), (colour, marker) in styles.items():
+    for (model, fmt), (colour, marker) in _STYLES.items():
         pts = [r for r in rows if (r["model"], r["format"]) == (model, fmt)]
         if pts:
             ax.scatter([r["latency_ms"]["p50"] for r in pts], [100 * r["accuracy"] for r in pts],
                        color=colour, marker=marker, s=55, label=f"{model} {fmt}")  # fmt: skip
+    legends: dict[str, Any] = {}
+    for p in extra:
+        hollow = bool(p.get("hollow"))
+        ax.scatter([p["latency_ms"]["p50"]], [100 * p["accuracy"]], s=70, marker=p["marker"],
+                   facecolors="none" if hollow else p["color"], edgecolors=p["color"],
+                   label=None if p["legend"] in legends else p["legend"])  # fmt: skip
+        legends[p["legend"]] = True
     ax.set_xscale("log")
     ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
     ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("p50 latency, batch 1 (ms, log scale)")
     ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title(f"{Path(report['export']).resolve().parent.name}: accuracy vs latency "
+    if title is None:
+        title = (f"{Path(report['export']).resolve().parent.name}: accuracy vs latency "
                  f"({report['data']['images']} images)")  # fmt: skip
+    ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    _place_labels(fig, ax, rows)
+    _place_labels(fig, ax, [*rows, *extra])
+    return fig
+
+
+def save_plot(report: dict[str, Any], path: str | Path) -> str:
+    """Accuracy vs p50 latency, one point per row; a message saying what happened.
+
+    matplotlib is optional (a device rarely needs it): without it the plot is skipped.
+    """
+    try:
+        plt = pyplot()
+    except ImportError:
+        return "plot skipped: matplotlib not installed (pip install matplotlib)"
+    fig = accuracy_latency_figure(report)
+    if fig is None:
+        return "plot skipped: no successful rows"
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return f"plot: {path}"
-
