@@ -122,3 +122,22 @@ def test_seed_summary_mean_and_std():
     assert s["control_std"] == 0.0
     assert s["difference_mean"] == pytest.approx(0.125)
     assert "mean ± std" in SeedSummary([0, 1], [1.0, 0.75], [0.75, 0.75], comps).table()
+
+
+@pytest.mark.parametrize(
+    ("teacher", "student_needs", "budget_needs"),
+    [
+        ("generalist", ("generalist",), ("generalist", "student")),
+        ("ensemble", ("generalist", "groups", "specialists"),
+         ("generalist", "groups", "specialists", "ensemble", "student")),
+    ],
+)  # fmt: skip
+def test_stages_need_only_what_the_teacher_is_made_of(teacher, student_needs, budget_needs):
+    # A student taught by the generalist alone runs without groups or specialists: the
+    # pipeline's pre-flight asks only for the stages a stage loads.
+    from edgekd.training.stages.budget import BudgetStage
+    from edgekd.training.stages.student import StudentStage
+
+    r = build_recipe({"data": {"path": "x"}, "student": {"teacher": teacher}})
+    assert StudentStage().needs(r) == student_needs
+    assert BudgetStage().needs(r) == budget_needs

@@ -42,7 +42,7 @@ def train(
         if stage.name not in wanted:
             continue
         stage.check(recipe, data)
-        for upstream in stage.reads:
+        for upstream in stage.needs(recipe):
             rec = run.stage(upstream)
             if upstream not in wanted and not (
                 rec.status == "done" and rec.hash == hashes[upstream]

@@ -58,6 +58,10 @@ class Stage:
             extra={"data": data_fingerprint, **{s: upstream.get(s, "") for s in self.reads}},
         )
 
+    def needs(self, recipe: Recipe) -> tuple[str, ...]:
+        """The upstream stages this recipe's run of the stage loads: by default all it reads."""
+        return self.reads
+
     def extends(self, recipe: Recipe, metrics: dict[str, Any]) -> bool:
         """True when the recipe asks a finished stage for more than it holds (e.g. more seeds)
         and the stage can add it without redoing what it has."""

@@ -101,6 +101,10 @@ class BudgetStage(Stage):
     sections = ("seed", "data", "student", "budget", "train")
     reads = ("generalist", "groups", "specialists", "ensemble", "student")
 
+    def needs(self, recipe: Recipe) -> tuple[str, ...]:
+        """The stages the budget counts: the student's teacher's and the student's own."""
+        return (*teacher_stages(recipe.student.teacher), "student")
+
     def check(self, recipe: Recipe, data: Any) -> None:
         check_batch_size(recipe, "budget", data)
         if recipe.budget.match == "wall_time" and not recipe.student.control:

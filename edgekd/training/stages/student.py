@@ -5,9 +5,10 @@ same order under the same schedule; only the loss differs. The control answers t
 question the seed leaves open: how much of the student's accuracy comes from the teacher
 rather than from training at all.
 
-Reads: the generalist, groups and specialists (the teacher), the recipe's `ensemble` and
-`student` sections. Writes `student/`: `model.keras` (the distilled student alone),
-`control/model.keras`, `search/T=<t>/` (when searching T), `history.json`, `metrics.json`;
+Reads: the generalist, groups and specialists (the teacher; the generalist alone for
+`teacher: generalist`), the recipe's `ensemble` and `student` sections. Writes `student/`:
+`model.keras` (the distilled student alone), `control/model.keras`, `search/T=<t>/` (when
+searching T), `history.json`, `metrics.json`;
 with `targets: stored`, the teacher's targets under the run's `targets/` (kept across
 students, since another student with the same batches reuses them).
 """
@@ -58,6 +59,10 @@ class StudentStage(Stage):
     name = "student"
     sections = ("seed", "data", "ensemble", "student", "train")
     reads = ("generalist", "groups", "specialists")
+
+    def needs(self, recipe: Recipe) -> tuple[str, ...]:
+        """A student taught by the generalist alone needs no groups or specialists."""
+        return ("generalist",) if recipe.student.teacher == "generalist" else self.reads
 
     def check(self, recipe: Recipe, data: Any) -> None:
         cfg = recipe.student
