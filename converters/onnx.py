@@ -401,7 +401,7 @@ def quantize_onnx_int8(
 def _quantize_static(
     float_path: Path, path: Path, images: np.ndarray, *, method: str, batch_size: int,
     percentile: float, quant_format: Any, activation_type: Any, per_channel: bool,
-    extra_options: dict[str, Any],
+    extra_options: dict[str, Any], reduce_range: bool = False,
 ) -> Path:  # fmt: skip
     """onnxruntime's `quantize_static` on the pre-processed float file, written atomically:
     the step both int8 flavours share; they differ in format, activations and options."""
@@ -421,6 +421,7 @@ def _quantize_static(
                 activation_type=activation_type,
                 weight_type=QuantType.QInt8,
                 per_channel=per_channel,
+                reduce_range=reduce_range,
                 calibrate_method=_calibration_method(method),
                 extra_options=extra_options,
             )
@@ -453,6 +454,13 @@ def quantize_onnx_int8_cpu(
     Convs QLinearConv, no ReLU left) and run at the same speed on x86; the TensorRT file
     keeps 9 of 16 Convs in float with 13 standalone ReLUs (benchmarks/onnx_int8_cpu.py).
 
+    Weights use 7 bits (onnxruntime's `reduce_range`, within [-64, 63]). On x86 CPUs without
+    VNNI (AVX2, AVX-512F), ORT's uint8 x int8 kernels add pairs of products in int16, which
+    saturates when both are large (255 x 127 x 2 > 32767): the full-range file then differs
+    from its own Q/DQ arithmetic by up to a logit or more and lost 4 points on a width-8
+    student. 7-bit weights cannot saturate there; per channel, they cost no measurable
+    accuracy (benchmarks/onnx_int8_saturation.py).
+
     Args: as `quantize_onnx_int8`, plus `quant_format`, one of `CPU_QUANT_FORMATS`.
 
     Raises:
@@ -469,6 +477,7 @@ def quantize_onnx_int8_cpu(
         float_path, path, images, method=method, batch_size=batch_size, percentile=percentile,
         quant_format=formats[quant_format], activation_type=QuantType.QUInt8, per_channel=True,
         extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+        reduce_range=True,
     )  # fmt: skip
     return path
 
@@ -654,7 +663,7 @@ INT8_FLAVOURS: dict[str, dict[str, str]] = {
         "target": "ONNX Runtime CPU execution provider",
         "quantizer": "onnxruntime.quantization.quantize_static, QDQ",
         "activations": "uint8 asymmetric (calibrated zero points)",
-        "weights": "int8 symmetric, per channel",
+        "weights": "int8 symmetric, per channel, 7-bit range [-64, 63] (no u8s8 saturation on x86)",
         "bias": "int32",
         "calibration": "minmax",
     },

@@ -297,6 +297,29 @@ def test_cpu_int8_runs_and_agrees_with_the_float_file(toy_model, exported, cpu_i
     assert onnx_precision(cpu_int8) == "int8"
 
 
+def test_cpu_int8_weights_are_7_bit_so_x86_kernels_compute_the_graph(cpu_int8, images):
+    """u8s8 kernels on x86 without VNNI add pairs of products in int16: 7-bit weights keep
+    every pair below 32768, so ORT's fused kernels equal the Q/DQ graph run as defined."""
+    graph = onnx.load(str(cpu_int8)).graph
+    weights = [numpy_helper.to_array(i) for i in graph.initializer
+               if numpy_helper.to_array(i).dtype == np.int8 and numpy_helper.to_array(i).ndim == 4]
+    assert weights and max(int(np.abs(w).max()) for w in weights) <= 64
+    fused = OnnxRunner(cpu_int8, threads=1, batch_size=32).predict(images)
+    defined = OnnxRunner(cpu_int8, threads=1, batch_size=32, reference=True).predict(images)
+    assert np.abs(fused - defined).max() < 0.05 * max(1.0, float(np.abs(defined).max()))
+
+
+def test_reference_runner_runs_the_unoptimised_graph(exported, images):
+    """`reference=True` turns ORT's graph optimisations off: the TensorRT Q/DQ file keeps
+    its float Convs between DequantizeLinear and QuantizeLinear, and still classifies."""
+    runner = OnnxRunner(exported[1], threads=1, batch_size=32, reference=True)
+    assert runner.reference and runner.runtime == "onnxruntime"
+    scores = runner.predict(images)
+    floats = OnnxRunner(exported[0], threads=1, batch_size=32).predict(images)
+    assert (scores.argmax(1) == floats.argmax(1)).mean() >= 0.9
+    assert not np.allclose(scores, floats, atol=1e-6)  # really quantised
+
+
 def test_cpu_int8_qoperator_format_and_bad_arguments(exported, tmp_path):
     calib = _toy(3, 16)[0]
     path = quantize_onnx_int8_cpu(
@@ -341,6 +364,8 @@ def test_export_writes_both_int8_onnx_flavours_with_cards(toy_model, tmp_path):
     assert card.parity["top1_agreement"] >= 0.9 and card.runtime == "onnxruntime"
     trt_card = read_card(tmp_path / "student-int8.onnx.json")
     assert trt_card.flavour is None and trt_card.quantization["flavour"] == "tensorrt"
+    # checked as TensorRT computes it, not through ORT's x86 int8 kernels
+    assert trt_card.runtime.startswith("onnxruntime (reference")
     assert trt_card.qdq["zero_points"] == [0]
     only_cpu = ExportConfig(formats=("onnx",), precisions=("int8",), onnx_int8=("cpu",))
     (v,) = export_model(toy_model, "student", tmp_path / "c", only_cpu, x, x, y, {"run": "t"})

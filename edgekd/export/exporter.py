@@ -378,9 +378,18 @@ def check_and_card(
     if path.is_file() and not path.name.endswith(TRTEXEC_SUFFIX):
         card.size_bytes = path.stat().st_size
         card.sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
+    parsed = parse_file_name(path.name)
+    tensorrt_qdq = fmt == "onnx" and precision == "int8" and not (parsed and parsed.cpu)
     if fmt in PARITY_FORMATS:
-        runner = load_runner(path, threads=cfg.threads, batch_size=min(64, len(images)) or 1)
+        # The TensorRT Q/DQ file is checked as its operators define it (what TensorRT
+        # computes), not through ORT's x86 int8 kernels, which saturate without VNNI.
+        options = {"reference": True} if tensorrt_qdq else {}
+        runner = load_runner(
+            path, threads=cfg.threads, batch_size=min(64, len(images)) or 1, **options
+        )
         card.runtime = getattr(runner, "runtime", "")
+        if tensorrt_qdq:
+            card.runtime += " (reference: graph optimisations off, Q/DQ as defined)"
         card.input = {**runner.input.__dict__, "layout": "NHWC", "pixels": "RGB 0..255"}
         card.output = {**runner.output.__dict__, "meaning": output_meaning(output)}
         card.parity = p = parity(runner, images, labels, reference, cfg.tolerance_pp)
@@ -393,8 +402,7 @@ def check_and_card(
     if fmt == "onnx" and precision == "int8":
         from edgekd.converters.onnx import describe_int8
 
-        parsed = parse_file_name(path.name)
-        card.flavour = "cpu" if parsed is not None and parsed.cpu else None
+        card.flavour = None if tensorrt_qdq else "cpu"
         card.qdq, card.quantization = describe_int8(path, flavour=card.flavour or "tensorrt")
     if path.exists():
         write_card(path, card)

@@ -62,6 +62,11 @@ class OnnxRunner(BatchedRunner):
             tuples, as onnxruntime takes them); default `default_providers()`.
         batch_size: images per `run`. A file with a fixed batch dimension uses that instead
             and pads the last chunk.
+        reference: run the graph as its operators define it, with onnxruntime's graph
+            optimisations off: a Q/DQ file then computes DequantizeLinear -> float op ->
+            QuantizeLinear, the integer-exact arithmetic TensorRT performs, not ORT's fused
+            x86 int8 kernels (which saturate on CPUs without VNNI). For checking a file meant
+            for another runtime; slow.
 
     Attributes:
         runtime: "onnxruntime".
@@ -77,6 +82,7 @@ class OnnxRunner(BatchedRunner):
         threads: int | None = None,
         providers: Sequence[str | tuple[str, dict[str, Any]]] | None = None,
         batch_size: int = 1,
+        reference: bool = False,
     ) -> None:
         import onnxruntime as ort
 
@@ -93,6 +99,9 @@ class OnnxRunner(BatchedRunner):
         if threads is not None:
             options.intra_op_num_threads = threads
         options.log_severity_level = 3  # errors only: fallback notices are not our output
+        self.reference = reference
+        if reference:
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         requested = list(providers) if providers is not None else default_providers()
         self._session = ort.InferenceSession(str(self.path), options, providers=requested)
         self.providers: list[str] = list(self._session.get_providers())
