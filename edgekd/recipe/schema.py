@@ -123,6 +123,12 @@ class ModelTrainConfig(_Section):
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     optimizer: OptimizerConfig = OptimizerConfig()
     schedule: ScheduleConfig = ScheduleConfig()
+    weights: str | None = Field(
+        None,
+        min_length=1,
+        description="imagenet: keras.applications' pretrained backbone (downloaded once into "
+        "~/.keras/models); or the path of that file, copied from a machine online; null: random",
+    )
 
     @model_validator(mode="after")
     def _warmup_fits(self) -> ModelTrainConfig:
@@ -141,6 +147,15 @@ class ModelTrainConfig(_Section):
         names = architecture_names()
         if self.arch not in names:
             raise FieldError(("arch",), _unknown("architecture", self.arch, names))
+        return self
+
+    @model_validator(mode="after")
+    def _weights_fit(self) -> ModelTrainConfig:
+        from edgekd.training.models import weights_problem
+
+        problem = weights_problem(self.arch, self.width, self.weights)
+        if problem:
+            raise FieldError(("weights",), problem)
         return self
 
 
@@ -431,7 +446,9 @@ _NOT_HASHED = {
 # stage hashes, so adding an option does not redo the stages of existing runs.
 _HASH_NEUTRAL_DEFAULTS: dict[str, dict[str, Any]] = {
     "ensemble": {"flip_average": False},
-    "student": {"targets": "online"},
+    "generalist": {"weights": None},
+    "specialists": {"weights": None},
+    "student": {"targets": "online", "weights": None},
 }
 
 
@@ -462,16 +479,20 @@ class Recipe(_Section):
 
     @model_validator(mode="after")
     def _inherits_generalist(self) -> Recipe:
-        from edgekd.training.models import inherits
+        from edgekd.training.models import inheritance_problem
 
         gen = self.generalist
         for key in ("specialists", "student"):
             cfg = getattr(self, key)
-            if cfg.init == "generalist" and not inherits(cfg.arch, cfg.width, gen.arch, gen.width):
+            if cfg.init != "generalist":
+                continue
+            problem = inheritance_problem(cfg.arch, cfg.width, gen.arch, gen.width)
+            if problem:
                 raise FieldError(
                     (key, "init"),
-                    f"'generalist' needs the generalist's width ({gen.width}) and at most its "
-                    f"blocks per stage ({gen.arch}); {key} is {cfg.arch} width {cfg.width}",
+                    f"'generalist' copies the generalist's weights layer by layer, so {problem}; "
+                    f"{key} is {cfg.arch} width {cfg.width}, the generalist {gen.arch} width "
+                    f"{gen.width} (use init: scratch or auto)",
                 )
         return self
 

@@ -1,4 +1,5 @@
-"""Model zoo: CIFAR-style ResNets by name, plus parameter and MAC counts.
+"""Model zoo: CIFAR and ImageNet ResNets and keras.applications edge networks by name, plus
+parameter and MAC counts.
 
 The registry loads without Keras (recipe validation uses it); the rest loads on first use.
 """
@@ -10,7 +11,9 @@ from edgekd.training.models.registry import (
     ArchSpec,
     architecture_names,
     build_model,
+    inheritance_problem,
     inherits,
+    weights_problem,
 )
 
 _LAZY = {
@@ -21,6 +24,13 @@ _LAZY = {
     "CIFAR10_STD": "edgekd.training.models.resnet",
     "cifar_resnet": "edgekd.training.models.resnet",
     "copy_weights": "edgekd.training.models.transfer",
+    "WeightsUnavailableError": "edgekd.training.models.applications",
+    "application_model": "edgekd.training.models.applications",
+    "efficientnet_lite0": "edgekd.training.models.efficientnet",
+    "imagenet_resnet": "edgekd.training.models.imagenet_resnet",
+    "mobilenet_v2": "edgekd.training.models.mobilenet",
+    "mobilenet_v3": "edgekd.training.models.mobilenet",
+    "resnet50": "edgekd.training.models.imagenet_resnet",
 }
 
 __all__ = [
@@ -28,7 +38,9 @@ __all__ = [
     "ArchSpec",
     "architecture_names",
     "build_model",
+    "inheritance_problem",
     "inherits",
+    "weights_problem",
     *_LAZY,
 ]
 
