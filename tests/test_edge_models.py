@@ -192,6 +192,7 @@ def test_missing_weights_file_is_named(tmp_path: Path) -> None:
         )  # fmt: skip
 
 
+@pytest.mark.filterwarnings("ignore:`input_shape` is undefined")  # keras: 224-px weights
 def test_imagenet_offline_fails_fast_and_says_where_to_put_a_file(monkeypatch, tmp_path):
     """No network: keras' download fails, under a socket timeout, with advice, in seconds."""
     from keras.src.backend import config as keras_config

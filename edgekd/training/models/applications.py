@@ -173,7 +173,7 @@ def edit_config(
     config: dict[str, Any],
     *,
     bn_momentum: float,
-    overrides: Mapping[str, Mapping[str, Any]] = {},  # noqa: B006 (read only)
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
     drop_classes: Collection[str] = (),
     filter_scale: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
@@ -182,7 +182,7 @@ def edit_config(
     Args:
         config: dict. ``get_config()`` of a Functional model; not modified.
         bn_momentum: float. Momentum given to every BatchNormalization.
-        overrides: mapping of layer name to config keys and their new values.
+        overrides: mapping of layer name to config keys and their new values, or None.
         drop_classes: collection of str. Classes of single-input layers to remove; their
             consumers read their input instead. ``"preprocess"`` is never removed.
         filter_scale: (numerator, denominator) or None. Scale every ``filters``.
@@ -191,6 +191,7 @@ def edit_config(
         ValueError: an override names no layer, or a scaled filter count is not whole.
     """
     config = copy.deepcopy(config)
+    overrides = overrides or {}
     kept, bypass = [], {}
     missing = set(overrides)
     for layer in config["layers"]:

@@ -14,8 +14,8 @@ its ``"head"`` layer. The families:
   (100 = alpha 1.0); inputs of at least 32 px, with a stride-1 stem below 96 px.
 
 Counts in the descriptions of the last two: the default width, 1000 classes, 224 px, all
-weights (BatchNormalization's moving statistics included; papers count them too, or differ
-by under 1%), MACs as ``macs.count_macs`` counts them.
+weights (BatchNormalization's moving statistics included, as keras.applications' own table
+counts them), MACs as ``macs.count_macs`` counts them.
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
             blocks=(2, 2, 2, 2),
             min_size=IMAGENET_STYLE_MIN_SIZE,
             description="ImageNet ResNet-18: 7x7/2 stem and max-pool, BasicBlocks [2, 2, 2, 2]; "
-            "11.70M params, 1.82G MACs.",
+            "11.70M params, 1.81G MACs.",
         ),
         ArchSpec(
             name="resnet50",
@@ -117,7 +117,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
             backbone=True,
             imagenet_widths=(64,),
             description="keras.applications ResNet-50, bottleneck blocks [3, 4, 6, 3]; "
-            "25.64M params, 3.86G MACs.",
+            "25.64M params, 3.86G MACs (He et al.'s v1: stride in the first 1x1 conv).",
         ),
         ArchSpec(
             name="mobilenetv2",
@@ -127,7 +127,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
             backbone=True,
             imagenet_widths=(35, 50, 75, 100, 130, 140),
             description="keras.applications MobileNetV2, width = alpha in percent; "
-            "3.54M params, 0.30G MACs.",
+            "3.54M params, 301M MACs.",
         ),
         ArchSpec(
             name="mobilenetv3small",
@@ -138,7 +138,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
             backbone=True,
             imagenet_widths=(75, 100),
             description="keras.applications MobileNetV3-Small (hard-swish, squeeze-and-excite), "
-            "width = alpha in percent; 2.55M params, 0.06G MACs.",
+            "width = alpha in percent; 2.55M params, 57M MACs.",
         ),
         ArchSpec(
             name="mobilenetv3small_minimalistic",
@@ -149,7 +149,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
             backbone=True,
             imagenet_widths=(100,),
             description="MobileNetV3-Small minimalistic: ReLU, 3x3 kernels, no "
-            "squeeze-and-excite (quantises best); 2.05M params, 0.06G MACs.",
+            "squeeze-and-excite (quantises best); 2.06M params, 52M MACs.",
         ),
         ArchSpec(
             name="mobilenetv3large",
@@ -160,7 +160,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
             backbone=True,
             imagenet_widths=(75, 100),
             description="keras.applications MobileNetV3-Large (hard-swish, squeeze-and-excite), "
-            "width = alpha in percent; 5.51M params, 0.22G MACs.",
+            "width = alpha in percent; 5.51M params, 217M MACs.",
         ),
         ArchSpec(
             name="mobilenetv3large_minimalistic",
@@ -171,7 +171,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
             backbone=True,
             imagenet_widths=(100,),
             description="MobileNetV3-Large minimalistic: ReLU, 3x3 kernels, no "
-            "squeeze-and-excite (quantises best); 3.94M params, 0.21G MACs.",
+            "squeeze-and-excite (quantises best); 3.95M params, 209M MACs.",
         ),
         ArchSpec(
             name="efficientnet_lite0",
@@ -180,7 +180,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
             default_width=100,
             backbone=True,
             description="EfficientNet-Lite0 (B0 with ReLU6, no squeeze-and-excite) from keras' "
-            "EfficientNet builder, no ImageNet weights; 4.69M params, 0.39G MACs.",
+            "EfficientNet builder, no ImageNet weights; 4.69M params, 385M MACs.",
         ),
     )
 }
