@@ -47,7 +47,10 @@ def tiny_resnet18() -> keras.Model:
 # Shapes and registry.
 
 
-@pytest.mark.parametrize("arch", architecture_names())
+CIFAR_RESNETS = ["resnet10", "resnet14", "resnet18", "resnet34"]
+
+
+@pytest.mark.parametrize("arch", CIFAR_RESNETS)  # the edge families: tests/test_edge_models.py
 def test_output_shape_per_architecture(arch: str) -> None:
     model = build_model(arch, num_classes=7, width=4)
     assert model.name == arch
@@ -57,7 +60,10 @@ def test_output_shape_per_architecture(arch: str) -> None:
 
 
 def test_registry_lists_architectures() -> None:
-    assert architecture_names() == ["resnet10", "resnet14", "resnet18", "resnet34"]
+    names = architecture_names()
+    assert names == sorted(names) and set(CIFAR_RESNETS) <= set(names)
+    assert {"mobilenetv2", "mobilenetv3small_minimalistic", "efficientnet_lite0"} <= set(names)
+    assert all(ARCHITECTURES[a].family == "resnet" for a in CIFAR_RESNETS)
     assert ARCHITECTURES["resnet14"].blocks == (1, 1, 2, 2)
     assert ARCHITECTURES["resnet34"].blocks == (3, 4, 6, 3)
     assert all(spec.description for spec in ARCHITECTURES.values())
@@ -68,12 +74,12 @@ def test_unknown_architecture_suggests_closest() -> None:
         build_model("resnet-18", num_classes=10)
     assert str(info.value) == (
         "unknown architecture 'resnet-18'; did you mean 'resnet18'? "
-        "Available: resnet10, resnet14, resnet18, resnet34"
+        f"Available: {', '.join(architecture_names())}"
     )
 
 
 def test_unknown_architecture_without_close_match() -> None:
-    with pytest.raises(ValueError, match=r"unknown architecture 'vgg'\. Available: resnet10"):
+    with pytest.raises(ValueError, match=r"unknown architecture 'vgg'\. Available: efficientnet"):
         build_model("vgg", num_classes=10)
 
 

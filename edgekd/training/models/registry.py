@@ -74,6 +74,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
             name="resnet10",
             family="resnet",
             builder=_CIFAR,
+            min_size=1,  # "same"-padded strides: any size ends in a >= 1x1 map
             blocks=(1, 1, 1, 1),
             description="CIFAR ResNet-10, BasicBlocks [1, 1, 1, 1]; 4.90M params at width 64.",
         ),
@@ -81,6 +82,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
             name="resnet14",
             family="resnet",
             builder=_CIFAR,
+            min_size=1,  # "same"-padded strides: any size ends in a >= 1x1 map
             blocks=(1, 1, 2, 2),
             description="CIFAR ResNet-14, BasicBlocks [1, 1, 2, 2]; 10.80M params at width 64. "
             "A ResNet-18 less the second block of the two high-resolution stages, which cost "
@@ -90,6 +92,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
             name="resnet18",
             family="resnet",
             builder=_CIFAR,
+            min_size=1,  # "same"-padded strides: any size ends in a >= 1x1 map
             blocks=(2, 2, 2, 2),
             description="CIFAR ResNet-18, BasicBlocks [2, 2, 2, 2]; 11.17M params at width 64.",
         ),
@@ -97,6 +100,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
             name="resnet34",
             family="resnet",
             builder=_CIFAR,
+            min_size=1,  # "same"-padded strides: any size ends in a >= 1x1 map
             blocks=(3, 4, 6, 3),
             description="CIFAR ResNet-34, BasicBlocks [3, 4, 6, 3]; 21.28M params at width 64.",
         ),

@@ -151,6 +151,7 @@ class BudgetStage(Stage):
                     student.arch, num_classes=len(data.class_names), width=student.width,
                     dropout=student.dropout, bn_momentum=student.bn_momentum,
                     input_shape=tuple(data.train.images.shape[1:]), name=f"budget_{variant}",
+                    weights=student.weights,  # the student's start, on hard labels
                 )  # fmt: skip
 
             t0 = time.perf_counter()

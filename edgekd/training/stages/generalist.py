@@ -48,6 +48,7 @@ class GeneralistStage(Stage):
                 width=cfg.width,
                 dropout=cfg.dropout,
                 bn_momentum=cfg.bn_momentum,
+                weights=cfg.weights,
                 input_shape=tuple(data.train.images.shape[1:]),
                 name=self.name,
             )

@@ -88,7 +88,7 @@ class SpecialistsStage(Stage):
             model = build_model(
                 cfg.arch, num_classes=outputs, width=cfg.width, dropout=cfg.dropout,
                 bn_momentum=cfg.bn_momentum, input_shape=tuple(data.train.images.shape[1:]),
-                name=f"specialist_{m}",
+                name=f"specialist_{m}", weights=cfg.weights,
             )  # fmt: skip
             if generalist is not None:
                 copy_weights(generalist, model, skip={"head"})

@@ -97,6 +97,7 @@ class StudentStage(Stage):
                 cfg.arch, num_classes=len(data.class_names), width=cfg.width,
                 dropout=cfg.dropout, bn_momentum=cfg.bn_momentum,
                 input_shape=tuple(data.train.images.shape[1:]), name="student",
+                weights=cfg.weights,
             )  # fmt: skip
             if generalist is not None:
                 copy_weights(generalist, model)
