@@ -17,7 +17,6 @@ gives accuracy, top-1 agreement with the float file and the largest logit differ
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
 import tempfile
 from pathlib import Path
@@ -56,7 +55,10 @@ def main() -> None:
         files["float32"], out / "cpu.onnx", calib
     )
     original = oq.quantize_static
-    oq.quantize_static = functools.partial(original, reduce_range=False)
+    def full_range(*args: object, **kwargs: object) -> object:
+        return original(*args, **{**kwargs, "reduce_range": False})
+
+    oq.quantize_static = full_range
     try:
         files["int8 CPU, 8-bit weights"] = quantize_onnx_int8_cpu(
             files["float32"], out / "cpu8.onnx", calib
