@@ -1,6 +1,6 @@
 """Does ONNX Runtime's x86 int8 kernel compute what an int8 ONNX file says? (issue 14)
 
-    python benchmarks/onnx_int8_saturation.py RUN_DIR [--model student] [--limit 2000]
+    python benchmarks/onnx_int8_saturation.py RUN_DIR [--model student | --keras FILE] [--limit N]
 
 On x86 CPUs without VNNI (AVX2, AVX-512F), ONNX Runtime multiplies uint8 activations by int8
 weights with an instruction that adds pairs of products in int16 and saturates: 255 x 127 x 2
@@ -30,6 +30,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("run_dir")
     ap.add_argument("--model", default="student", help="a model of the run (student, generalist)")
+    ap.add_argument("--keras", default=None, help="a .keras file to use instead of --model")
     ap.add_argument("--limit", type=int, default=2000, help="validation images (first N)")
     ap.add_argument("--calibration", type=int, default=512)
     args = ap.parse_args()
@@ -45,7 +46,12 @@ def main() -> None:
 
     run = RunDir.open_existing(args.run_dir)
     data = prepare_data(build_recipe(run.manifest["recipe"]), progress=False)
-    model = run.load_model(args.model, "model")
+    if args.keras:
+        import keras
+
+        model = keras.saving.load_model(args.keras, compile=False)
+    else:
+        model = run.load_model(args.model, "model")
     val_x, val_y = data.val.images[: args.limit], data.val.labels[: args.limit]
     calib = representative_images(data.train.images, data.train.labels, args.calibration, 0)
     out = Path(tempfile.mkdtemp(prefix="edgekd-sat-"))
