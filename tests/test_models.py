@@ -90,6 +90,7 @@ def test_unknown_architecture_without_close_match() -> None:
         ({"num_classes": 0}, "num_classes"),
         ({"dropout": 1.0}, "dropout"),
         ({"mean": (0.5,)}, "one value per input channel"),
+        ({"stem": "vgg"}, r"`stem` must be one of \('cifar', 'imagenet'\)"),
     ],
 )
 def test_invalid_arguments_raise(kwargs: dict, message: str) -> None:

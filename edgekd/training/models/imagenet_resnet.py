@@ -5,9 +5,9 @@ image before the first stage, and the stages halve it three more times: a total 
 That suits images of 96 px and up; the registry refuses smaller ones (for 32-px images use
 the CIFAR ResNets of ``resnet.py``, whose stem keeps the resolution).
 
-``imagenet_resnet`` builds the BasicBlock networks (keras.applications has no ResNet-18)
-from ``resnet.basic_block``, with the same stable layer names as the CIFAR ResNets plus
-``"stem_pool"``; ``width`` is the channels of the stem and first stage, as there.
+``imagenet_resnet`` builds the BasicBlock networks (keras.applications has no ResNet-18):
+``resnet.cifar_resnet`` with its ImageNet stem, so the layer names are the CIFAR ResNets'
+plus ``"stem_pool"``; ``width`` is the channels of the stem and first stage, as there.
 
 ``resnet50`` is ``keras.applications.ResNet50`` under edgekd's contract (see
 ``applications.application_model``). ``width`` is the channels of its stem (64 is the
@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import keras
 
 from edgekd.training.models.applications import application_model
-from edgekd.training.models.resnet import _batch_norm, _conv, basic_block
+from edgekd.training.models.resnet import cifar_resnet
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 """Per-channel mean of the ImageNet training set, pixels scaled to ``[0, 1]``."""
@@ -34,9 +34,6 @@ IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 CAFFE_MEAN_RGB: tuple[float, float, float] = (123.68, 116.779, 103.939)
 """The mean pixel keras' ResNet-50 weights expect subtracted (``mode="caffe"``), RGB order."""
-
-_STAGE_STRIDES: tuple[int, ...] = (1, 2, 2, 2)
-_STAGE_WIDTH_MULTIPLIERS: tuple[int, ...] = (1, 2, 4, 8)
 
 
 def imagenet_resnet(
@@ -85,59 +82,20 @@ def imagenet_resnet(
     >>> model(np.zeros((1, 96, 96, 3), "float32")).shape
     (1, 10)
     """
-    blocks = [int(b) for b in blocks_per_stage]
-    if len(blocks) != len(_STAGE_STRIDES) or any(b < 1 for b in blocks):
-        raise ValueError(
-            f"`blocks_per_stage` must be {len(_STAGE_STRIDES)} positive integers, one per "
-            f"stage; received {list(blocks_per_stage)}. Example: [2, 2, 2, 2] for ResNet-18."
-        )
-    if num_classes < 1:
-        raise ValueError(f"`num_classes` must be a positive integer; received {num_classes}.")
-    if width < 1:
-        raise ValueError(f"`width` must be a positive integer; received {width}.")
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"`dropout` must be in [0, 1); received {dropout}.")
-    channels = input_shape[-1]
-    if len(mean) != channels or len(std) != channels or any(s <= 0 for s in std):
-        raise ValueError(
-            f"`mean` and `std` need one value per input channel ({channels}), `std` positive; "
-            f"received mean={tuple(mean)} and std={tuple(std)}."
-        )
-    bn = {"momentum": bn_momentum, "epsilon": bn_epsilon}
-
-    inputs = keras.Input(shape=input_shape, dtype="float32", name="pixels")
-    x = keras.layers.Normalization(
-        axis=-1,
-        mean=[float(m) * 255.0 for m in mean],
-        variance=[(float(s) * 255.0) ** 2 for s in std],
-        dtype="float32",
-        name="preprocess",
-    )(inputs)
-
-    x = _conv(width, 7, 2, "stem_conv")(x)
-    x = _batch_norm("stem_bn", **bn)(x)
-    x = keras.layers.ReLU(name="stem_relu")(x)
-    x = keras.layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool")(x)
-
-    for stage, (num_blocks, stride, multiplier) in enumerate(
-        zip(blocks, _STAGE_STRIDES, _STAGE_WIDTH_MULTIPLIERS, strict=True), start=1
-    ):
-        for block in range(1, num_blocks + 1):
-            x = basic_block(
-                x,
-                width * multiplier,
-                strides=stride if block == 1 else 1,
-                name=f"stage{stage}_block{block}",
-                bn_momentum=bn_momentum,
-                bn_epsilon=bn_epsilon,
-                zero_init_residual=zero_init_residual,
-            )
-
-    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    if dropout > 0:
-        x = keras.layers.Dropout(dropout, name="dropout")(x)
-    outputs = keras.layers.Dense(num_classes, dtype="float32", name="head")(x)
-    return keras.Model(inputs, outputs, name=name)
+    return cifar_resnet(
+        blocks_per_stage,
+        num_classes=num_classes,
+        width=width,
+        input_shape=input_shape,
+        bn_momentum=bn_momentum,
+        bn_epsilon=bn_epsilon,
+        dropout=dropout,
+        mean=mean,
+        std=std,
+        zero_init_residual=zero_init_residual,
+        stem="imagenet",
+        name=name,
+    )
 
 
 def resnet50(

@@ -1,10 +1,13 @@
-"""CIFAR-style ResNets (He et al., 2016) as Keras 3 Functional models.
+"""ResNets of BasicBlocks (He et al., 2016) as Keras 3 Functional models.
 
 The CIFAR variant differs from the ImageNet one in its stem: a single 3x3
 stride-1 convolution and no max-pool, so a 32x32 image keeps its resolution
-through the first stage. Stages of BasicBlocks follow with widths
-``[w, 2w, 4w, 8w]`` and strides ``[1, 2, 2, 2]``, then global average pooling,
-optional dropout and a Dense head that returns logits.
+through the first stage (``stem="cifar"``, the default). The ImageNet stem, a 7x7
+stride-2 convolution and a 3x3 stride-2 max-pool named ``"stem_pool"``, quarters the
+image first (``stem="imagenet"``, for 96 px and up; see ``imagenet_resnet.py``).
+Stages of BasicBlocks follow with widths ``[w, 2w, 4w, 8w]`` and strides
+``[1, 2, 2, 2]``, then global average pooling, optional dropout and a Dense head that
+returns logits.
 
 The model takes raw RGB pixels in ``0..255`` and normalises them itself in a
 ``Normalization`` layer named ``"preprocess"``, so the saved ``.keras`` file
@@ -29,6 +32,7 @@ CIFAR10_STD: tuple[float, float, float] = (0.2470, 0.2435, 0.2616)
 
 _STAGE_STRIDES: tuple[int, ...] = (1, 2, 2, 2)
 _STAGE_WIDTH_MULTIPLIERS: tuple[int, ...] = (1, 2, 4, 8)
+STEMS: tuple[str, ...] = ("cifar", "imagenet")
 
 
 def _conv(filters: int, kernel_size: int, strides: int, name: str) -> keras.layers.Conv2D:
@@ -128,6 +132,7 @@ def cifar_resnet(
     mean: Sequence[float] = CIFAR10_MEAN,
     std: Sequence[float] = CIFAR10_STD,
     zero_init_residual: bool = True,
+    stem: str = "cifar",
     head_name: str = "head",
     name: str = "resnet",
 ) -> keras.Model:
@@ -159,6 +164,8 @@ def cifar_resnet(
         zero_init_residual: bool. Initialise the scale of the last BN in each
             block to zeros, so a fresh block starts as its shortcut; this
             steadies short schedules. Defaults to `True`.
+        stem: str. ``"cifar"`` (3x3 stride-1 convolution) or ``"imagenet"`` (7x7
+            stride-2 convolution and 3x3 stride-2 max-pool). Defaults to `"cifar"`.
         head_name: str. Name of the Dense head, the one layer whose weights
             depend on ``num_classes``. Defaults to `"head"`.
         name: str. Name of the model. Defaults to `"resnet"`.
@@ -192,6 +199,8 @@ def cifar_resnet(
         )
     if any(s <= 0 for s in std):
         raise ValueError(f"`std` values must be positive; received {tuple(std)}.")
+    if stem not in STEMS:
+        raise ValueError(f"`stem` must be one of {STEMS}; received {stem!r}.")
 
     bn = {"momentum": bn_momentum, "epsilon": bn_epsilon}
 
@@ -205,9 +214,12 @@ def cifar_resnet(
         name="preprocess",
     )(inputs)
 
-    x = _conv(width, 3, 1, "stem_conv")(x)
+    imagenet = stem == "imagenet"
+    x = _conv(width, 7 if imagenet else 3, 2 if imagenet else 1, "stem_conv")(x)
     x = _batch_norm("stem_bn", **bn)(x)
     x = keras.layers.ReLU(name="stem_relu")(x)
+    if imagenet:
+        x = keras.layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool")(x)
 
     for stage, (num_blocks, stride, multiplier) in enumerate(
         zip(blocks, _STAGE_STRIDES, _STAGE_WIDTH_MULTIPLIERS, strict=True), start=1
