@@ -103,9 +103,15 @@ def smoke_exported(smoke_trained, tmp_path_factory) -> Path:
             "--force",
         )
         assert proc.returncode == 0, proc.stderr[-3000:]
-        return {"run_dir": str(run_dir)}
+        return {"run_dir": str(run_dir), "stdout": proc.stdout}
 
     return Path(_once(tmp_path_factory, "smoke-exported", make)["run_dir"])
+
+
+@pytest.fixture(scope="session")
+def smoke_exported_stdout(smoke_exported, tmp_path_factory) -> str:
+    """What `edgekd export` printed when it made `smoke_exported`."""
+    return _once(tmp_path_factory, "smoke-exported", None)["stdout"]
 
 
 def smoke_copy(smoke_trained, destination: Path) -> Path:

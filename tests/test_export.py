@@ -99,18 +99,10 @@ def test_parity_function_on_hand_values():
     assert p["drop_pp"] == pytest.approx(100 / 3) and not p["passed"]
 
 
-@pytest.fixture(scope="module")
-def smoke_export(smoke_trained, tmp_path_factory):
-    run_dir = smoke_copy(smoke_trained, tmp_path_factory.mktemp("runs") / "smoke")
-    proc = run_cli("export", str(run_dir), "--float", "--format", "tflite,onnx", "--members")
-    return run_dir, proc
-
-
 @pytest.mark.e2e
-def test_export_cli_writes_files_cards_and_table(smoke_export):
-    run_dir, proc = smoke_export
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = run_dir / "export"
+def test_export_cli_writes_files_cards_and_table(smoke_exported, smoke_exported_stdout):
+    """The session's export (float and int8, .tflite and .onnx, with --members)."""
+    out = smoke_exported / "export"
     labels = (out / "labels.txt").read_text().split()
     assert labels[0] == "airplane" and len(labels) == 10
     for name in ("student.tflite", "student.onnx"):
@@ -122,15 +114,15 @@ def test_export_cli_writes_files_cards_and_table(smoke_export):
         ("student", "tflite"), ("student", "onnx"), ("generalist", "tflite"),
         ("specialist_0", "tflite"), ("specialist_1", "onnx"),
     }  # fmt: skip
-    assert "agreement %" in proc.stdout and "student.tflite" in proc.stdout
+    assert "agreement %" in smoke_exported_stdout and "student.tflite" in smoke_exported_stdout
 
 
 @pytest.mark.e2e
-def test_ensemble_json_reproduces_the_gated_ensemble(smoke_export, cifar_jpeg):
+def test_ensemble_json_reproduces_the_gated_ensemble(smoke_exported, cifar_jpeg):
     """From ensemble.json and the member .tflite files alone, the fused answers come back."""
     from edgekd.training.ensemble.gated import load_gated_ensemble
 
-    run_dir, _ = smoke_export
+    run_dir = smoke_exported
     members = run_dir / "export" / "members"
     cfg = json.loads((members / "ensemble.json").read_text())
     k = len(cfg["classes"])
@@ -195,18 +187,17 @@ def test_export_onnx_int8_flag_maps_onto_the_recipe(monkeypatch, tmp_path):
 
 
 @pytest.mark.e2e
-def test_export_set_override_is_validated(smoke_export):
-    run_dir, _ = smoke_export
-    proc = run_cli("export", str(run_dir), "--set", "export.tolerance_pp=-1")
+def test_export_set_override_is_validated(smoke_exported):
+    proc = run_cli("export", str(smoke_exported), "--set", "export.tolerance_pp=-1")
     assert proc.returncode == 2 and "export.tolerance_pp" in proc.stderr
 
 
 @pytest.mark.e2e
 @pytest.mark.slow
-def test_eval_pairs_the_int8_file_with_its_float_model(smoke_export):
+def test_eval_pairs_the_int8_file_with_its_float_model(smoke_trained, tmp_path):
     """`edgekd eval` runs the exported int8 .tflite through LiteRT on the same images and
     reports int8 vs float as a paired difference."""
-    run_dir, _ = smoke_export
+    run_dir = smoke_copy(smoke_trained, tmp_path / "smoke")
     proc = run_cli("export", str(run_dir), "--int8", "--format", "tflite", "--force")
     assert proc.returncode == 0, proc.stderr[-3000:]
     card = json.loads((run_dir / "export" / "student-int8.tflite.json").read_text())

@@ -66,7 +66,8 @@ def format_report(report: dict[str, Any]) -> str:
     versions = ", ".join(f"{k} {h[k]}" for k in ("litert", "onnxruntime", "tensorrt") if h.get(k))
     lines = [
         f"edgekd bench {report['export']}  (device profile: {report['device']['name']})",
-        f"host: {h['system']} {h['machine']}, {h['cpus']} CPUs, Python {h['python']}; {versions}",
+        f"host: {h['system']} {h['machine']}{_cpu(h.get('cpu'))}, {h['cpus']} CPUs, "
+        f"Python {h['python']}; {versions}",
         f"data: {d['images']} images from {d['source']} ({d['selection']})",
         f"latency: batch 1, {s['warmup']} warm-up + {s['runs']} runs; throughput: batch "
         f"{s['batch']}; medians of {s.get('rounds', 1)} interleaved rounds, a fresh process "
@@ -82,6 +83,14 @@ def format_report(report: dict[str, Any]) -> str:
     lines += _headline(report)
     lines += [f"note: {n}" for n in [*report["notes"], *notes]]
     return "\n".join(lines)
+
+
+def _cpu(cpu: dict[str, Any] | None) -> str:
+    """" (MODEL, int8 dot product: NAME|none)" for the host line, or "" where unknown."""
+    if not cpu or not cpu.get("flags_read"):
+        return ""
+    model = f"{cpu['model']}, " if cpu.get("model") else ""
+    return f" ({model}int8 dot product: {cpu.get('int8_dot') or 'none'})"
 
 
 # Where a point's label may go, in points from it: right, above, below, left.

@@ -17,6 +17,7 @@ import numpy as np
 
 from edgekd.contract import ENSEMBLE_FILE, FORMATS, TRTEXEC_SUFFIX, ContractError
 from edgekd.device.bench.child import measure
+from edgekd.device.bench.cpu import host_cpu, int8_note
 from edgekd.device.bench.images import load_eval_images, read_classes
 from edgekd.device.bench.options import (
     DEFAULT_LIMIT,
@@ -284,6 +285,12 @@ def run_bench(
                 agree = float(np.mean(predictions[key] == predictions[okey]))
                 row.setdefault("agreement_with", {})[other["precision"]] = agree
 
+    cpu = host_cpu()
+    cpu_int8 = not profile.gpu and any(
+        r["precision"].startswith("int8") and r["format"] != "tensorrt" for r in rows
+    )
+    if note := int8_note(cpu, cpu_int8):
+        notes.append(note)
     return {
         "export": str(export_dir),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -293,6 +300,7 @@ def run_bench(
             "machine": platform.machine(),
             "python": platform.python_version(),
             "cpus": os.cpu_count(),
+            "cpu": cpu,
             "litert": _version("ai-edge-litert") or _version("tflite-runtime"),
             "onnxruntime": _version("onnxruntime") or _version("onnxruntime-gpu"),
             "tensorrt": _version("tensorrt"),
