@@ -162,3 +162,32 @@ def test_top_n_above_class_count(tmp_path, run_dir, cifar_jpeg):
     )  # fmt: skip
     assert_user_error(proc, "ensemble.top_n", "more than the 10 classes")
     assert not run_dir.exists()
+
+
+PREFLIGHT = """
+import json, runpy, sys
+sys.argv = ["edgekd", "train", *sys.argv[1:]]
+try:
+    runpy.run_module("edgekd", run_name="__main__")
+except SystemExit as exc:
+    code = exc.code
+loaded = sorted({m.split(".")[0] for m in sys.modules} & {"tensorflow", "keras", "jax"})
+print(json.dumps({"code": code, "loaded": loaded}))
+"""
+
+
+def test_preflight_errors_come_before_tensorflow(tmp_path, run_dir):
+    """A recipe that its data refutes (a batch larger than the training set, an unknown
+    class) fails in the pre-flight, which imports no TensorFlow, Keras or JAX: about a
+    second, not the framework's import."""
+    from tests.conftest import run_python_json
+
+    data = make_folder(tmp_path / "data", classes=3, per_class=4)
+    for body in (
+        f"data: {{path: folder:{data}}}\ngeneralist: {{batch_size: 64}}\n",
+        f"data: {{path: folder:{data}, classes: [class_0, clas_1]}}\n",
+    ):
+        bad = recipe(tmp_path, body)
+        got = run_python_json(PREFLIGHT, str(bad), "--run-dir", str(run_dir))
+        assert got == {"code": 2, "loaded": []}, body
+    assert not run_dir.exists()

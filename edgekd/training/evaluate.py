@@ -241,15 +241,16 @@ class RunEvaluation:
 
 def evaluate_run(run_path: str, data_spec: str | None = None, split: str = "val") -> RunEvaluation:
     """Evaluate every model a run has on its validation (or test) split, or on `data_spec`."""
-    import edgekd.training.losses  # noqa: F401  (registers serialisable objects used in saved models)
-    import edgekd.training.schedules  # noqa: F401
     from edgekd.data.dataset import load_eval_data, prepare_data
     from edgekd.errors import RunDirError
     from edgekd.recipe import build_recipe
     from edgekd.training.run import RunDir
+
+    run = RunDir.open_existing(run_path)  # before Keras: a wrong path fails in a second
+    import edgekd.training.losses  # noqa: F401  (registers serialisable objects used in saved models)
+    import edgekd.training.schedules  # noqa: F401
     from edgekd.training.trainer import predict_probs
 
-    run = RunDir.open_existing(run_path)
     recipe = build_recipe(run.manifest["recipe"], source=str(run.path / "recipe.yaml"))
     class_names = list(run.manifest["data"]["classes"])
     if data_spec is not None:

@@ -9,12 +9,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgekd.data.dataset import PreparedData, prepare_data
 from edgekd.recipe import Recipe
-from edgekd.training import accelerator
 from edgekd.training.run import RunDir, check_run_path, file_digest, now
 from edgekd.training.stages import STAGES, StageContext
+
+if TYPE_CHECKING:
+    from edgekd.training.accelerator import Accelerator
 
 
 def default_run_dir(recipe: Recipe) -> Path:
@@ -52,6 +55,8 @@ def train(
                     f"stage {stage.name!r} needs {upstream!r}, which is neither listed nor "
                     f"finished with this recipe in {run.path}; add it to train.stages",
                 )
+    from edgekd.training import accelerator
+
     accel = accelerator.resolve(recipe.train.precision, recipe.train.jit_compile)
     with run.lock():
         _train_stages(recipe, run, data, hashes, wanted, accel, verbose, log)
@@ -64,7 +69,7 @@ def _train_stages(
     data: PreparedData,
     hashes: dict[str, str],
     wanted: set[str],
-    accel: accelerator.Accelerator,
+    accel: Accelerator,
     verbose: str | int,
     log: Callable[[str], None],
 ) -> None:

@@ -1,16 +1,23 @@
-"""What a stage is: a name, the stages and recipe sections it reads, and a `run`."""
+"""What a stage is: a name, the stages and recipe sections it reads, and a `run`.
+
+Stage modules import Keras and TensorFlow inside `run`, not at the top: `edgekd train`'s
+pre-flight (recipe against data, run directory, upstream stages) then needs neither, and a
+bad recipe fails in about a second instead of after TensorFlow's import.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from edgekd.data import Augment
 from edgekd.data.dataset import PreparedData
 from edgekd.recipe import Recipe
-from edgekd.training.accelerator import Accelerator
 from edgekd.training.run import RunDir
+
+if TYPE_CHECKING:
+    from edgekd.data import Augment
+    from edgekd.training.accelerator import Accelerator
 
 
 @dataclass
@@ -76,6 +83,8 @@ class Stage:
 
 def augment_of(ctx: StageContext) -> Augment:
     """The recipe's `data.augment`, as the batches' augmentation every stage trains with."""
+    from edgekd.data import Augment
+
     a = ctx.recipe.data.augment
     return Augment(
         crop_padding=a.crop_padding, padding_mode=a.padding_mode, flip=a.flip, cutout=a.cutout

@@ -23,9 +23,8 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import keras
 import numpy as np
 
 from edgekd import atomic
@@ -40,7 +39,9 @@ from edgekd.training.stages.base import (
     augment_of,
     check_batch_size,
 )
-from edgekd.training.trainer import predict_probs, train_classifier
+
+if TYPE_CHECKING:
+    import keras
 
 UPSTREAM = ("generalist", "groups", "specialists", "ensemble")
 
@@ -115,6 +116,8 @@ class BudgetStage(Stage):
             )
 
     def run(self, ctx: StageContext) -> StageOutcome:
+        from edgekd.training.trainer import predict_probs, train_classifier
+
         recipe, data, run = ctx.recipe, ctx.data, ctx.run
         cfg, student = recipe.budget, recipe.student
         root = run.stage_dir(self.name)

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from edgekd import atomic
-from edgekd.training.ensemble.gated import load_gated_ensemble
 from edgekd.training.evaluate import Evaluation
 from edgekd.training.stages.base import Stage, StageContext, StageOutcome
 
@@ -38,6 +37,8 @@ class EnsembleStage(Stage):
             )
 
     def run(self, ctx: StageContext) -> StageOutcome:
+        from edgekd.training.ensemble.gated import load_gated_ensemble
+
         data, run = ctx.data, ctx.run
         ensemble = load_gated_ensemble(run.path)
         output = ensemble.predict(data.val.images)

@@ -16,7 +16,7 @@ from edgekd import atomic
 from edgekd.data.dataset import PreparedData
 from edgekd.recipe import Recipe
 from edgekd.training.evaluate import Evaluation
-from edgekd.training.models import build_model, model_summary_stats
+from edgekd.training.models import build_model
 from edgekd.training.stages.base import (
     Stage,
     StageContext,
@@ -24,7 +24,6 @@ from edgekd.training.stages.base import (
     augment_of,
     check_batch_size,
 )
-from edgekd.training.trainer import predict_probs, train_classifier
 
 
 class GeneralistStage(Stage):
@@ -37,6 +36,9 @@ class GeneralistStage(Stage):
         check_batch_size(recipe, "generalist", data)
 
     def run(self, ctx: StageContext) -> StageOutcome:
+        from edgekd.training.models import model_summary_stats
+        from edgekd.training.trainer import predict_probs, train_classifier
+
         recipe, data = ctx.recipe, ctx.data
         cfg = recipe.generalist
         out = ctx.run.stage_dir(self.name)

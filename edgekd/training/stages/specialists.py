@@ -14,17 +14,18 @@ from __future__ import annotations
 
 import json
 import shutil
+from typing import TYPE_CHECKING
 
-import keras
 import numpy as np
 
 from edgekd import atomic
-from edgekd.data import EnrichedBatches, ImageBatches, ImageSet
+from edgekd.data import ImageSet
 from edgekd.maths.specialist import dustbin_correction, specialist_labels, specialist_metrics
-from edgekd.training.models import build_model, copy_weights, inherits, model_summary_stats
-from edgekd.training.models.layers import LogitAdjustment
+from edgekd.training.models import build_model, inherits
 from edgekd.training.stages.base import Stage, StageContext, StageOutcome, augment_of
-from edgekd.training.trainer import predict_probs, train_classifier
+
+if TYPE_CHECKING:
+    import keras
 
 
 class SpecialistsStage(Stage):
@@ -60,6 +61,13 @@ class SpecialistsStage(Stage):
         return StageOutcome(metrics={"specialists": records}, artifacts=artifacts)
 
     def _train_one(self, ctx, m, group, out, generalist) -> dict:
+        import keras
+
+        from edgekd.data import EnrichedBatches, ImageBatches
+        from edgekd.training.models import copy_weights, model_summary_stats
+        from edgekd.training.models.layers import LogitAdjustment
+        from edgekd.training.trainer import predict_probs, train_classifier
+
         recipe, data, cfg = ctx.recipe, ctx.data, ctx.recipe.specialists
         k = len(data.class_names)
         labels = specialist_labels(data.train.labels, group, k)

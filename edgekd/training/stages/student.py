@@ -19,20 +19,15 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import keras
 import numpy as np
 
 from edgekd import atomic
-from edgekd.data import ImageBatches
 from edgekd.errors import TrainingError
 from edgekd.recipe import RampConfig, Recipe
-from edgekd.training.distill import Distiller, ModelTeacher, StoredTeacher
-from edgekd.training.ensemble.gated import load_gated_ensemble
 from edgekd.training.evaluate import Evaluation
-from edgekd.training.models import build_model, copy_weights, inherits, model_summary_stats
-from edgekd.training.schedules import Ramp
+from edgekd.training.models import build_model, inherits
 from edgekd.training.stages.base import (
     Stage,
     StageContext,
@@ -40,14 +35,22 @@ from edgekd.training.stages.base import (
     augment_of,
     check_batch_size,
 )
-from edgekd.training.teacher_targets import TargetBatches, TargetStore, label_epochs
-from edgekd.training.trainer import TrainResult, predict_probs, train_classifier
+
+if TYPE_CHECKING:
+    import keras
+
+    from edgekd.training.distill import Distiller
+    from edgekd.training.schedules import Ramp
+    from edgekd.training.teacher_targets import TargetBatches
+    from edgekd.training.trainer import TrainResult
 
 TARGETS = "targets"  # the run's folder of stored teacher targets, shared by every student
 
 
 def ramp_of(value: float | RampConfig, total_steps: int) -> Ramp:
     """A recipe value (number or {start, end, shape}) as a Ramp over `total_steps`."""
+    from edgekd.training.schedules import Ramp
+
     if isinstance(value, RampConfig):
         return Ramp(value.start, value.end, total_steps, value.shape)
     return Ramp(float(value))
@@ -77,6 +80,10 @@ class StudentStage(Stage):
         return recipe.student.seeds > (len(metrics.get("seeds", ())) or 1)
 
     def run(self, ctx: StageContext) -> StageOutcome:
+        from edgekd.training.distill import Distiller, StoredTeacher
+        from edgekd.training.models import copy_weights, model_summary_stats
+        from edgekd.training.trainer import predict_probs, train_classifier
+
         recipe, data, run = ctx.recipe, ctx.data, ctx.run
         cfg = recipe.student
         out = run.stage_dir(self.name)
@@ -267,6 +274,10 @@ class StudentStage(Stage):
 
     def _teacher(self, ctx: StageContext):
         """A factory for the teacher, called inside the distribution scope of each fit."""
+        import keras
+
+        from edgekd.training.distill import ModelTeacher
+
         gather = not ctx.accel.jit_compile and keras.backend.backend() == "tensorflow"
 
         def make():
@@ -283,6 +294,9 @@ class StudentStage(Stage):
         """Training and validation batches that bring the teacher's stored targets, labelling
         the epochs not stored yet; and the seconds those epochs took to label (when written,
         so a reused store reports its cost too)."""
+        from edgekd.data import ImageBatches
+        from edgekd.training.teacher_targets import TargetBatches, TargetStore, label_epochs
+
         recipe, data, run, cfg = ctx.recipe, ctx.data, ctx.run, ctx.recipe.student
         upstream = ("generalist",) if cfg.teacher == "generalist" else self.reads
         inputs = {
@@ -324,6 +338,10 @@ class StudentStage(Stage):
         return train, val, store.label_seconds(epochs)
 
     def _teacher_val_probs(self, ctx: StageContext) -> np.ndarray:
+        import keras
+
+        from edgekd.training.trainer import predict_probs
+
         loaded, images = _load_teacher(ctx), ctx.data.val.images
         if isinstance(loaded, keras.Model):
             return predict_probs(loaded, images)
@@ -332,6 +350,8 @@ class StudentStage(Stage):
 
 def _load_teacher(ctx: StageContext) -> Any:
     """The recipe's teacher: the generalist (a keras.Model) or a GatedEnsemble."""
+    from edgekd.training.ensemble.gated import load_gated_ensemble
+
     cfg, run = ctx.recipe.student, ctx.run
     if cfg.teacher == "generalist":
         return run.load_model("generalist", "model")
@@ -347,6 +367,8 @@ def _seed_key(k: int) -> str:
 
 
 def _accuracy(model: keras.Model, data: Any) -> float:
+    from edgekd.training.trainer import predict_probs
+
     probs = predict_probs(model, data.val.images)
     return float((probs.argmax(1) == data.val.labels).mean())
 
