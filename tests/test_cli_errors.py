@@ -191,3 +191,26 @@ def test_preflight_errors_come_before_tensorflow(tmp_path, run_dir):
         got = run_python_json(PREFLIGHT, str(bad), "--run-dir", str(run_dir))
         assert got == {"code": 2, "loaded": []}, body
     assert not run_dir.exists()
+
+
+def test_images_smaller_than_the_architecture_takes(tmp_path, run_dir):
+    """32-px images and an ImageNet-stem student: the pre-flight names the key and the fix."""
+    data = make_folder(tmp_path / "data", classes=3, per_class=4)
+    proc = train(
+        tmp_path,
+        run_dir,
+        f"""
+        data:
+          path: folder:{data}
+        student:
+          arch: resnet18_imagenet
+          batch_size: 4
+        generalist:
+          batch_size: 4
+        """,
+    )
+    assert_user_error(
+        proc, "bad.yaml:4: student.arch", "resnet18_imagenet needs images of at least 96x96 px",
+        "the data's are 32x32", "data.image_size",
+    )  # fmt: skip
+    assert not run_dir.exists()

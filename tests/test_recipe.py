@@ -263,3 +263,15 @@ def test_option_added_later_keeps_old_hashes_at_its_default():
     off = build_recipe({**base, "ensemble": {"flip_average": False}}).digest("ensemble", "student")
     on = build_recipe({**base, "ensemble": {"flip_average": True}}).digest("ensemble", "student")
     assert plain == off != on
+
+
+def test_unset_width_is_the_published_networks(tmp_path):
+    """ResNets default to 64 channels, MobileNets and EfficientNet-Lite to 100%; a width
+    given stays; the resolved width is what the stage hash sees."""
+    r = load_recipe(write(tmp_path, BASE + "student:\n  arch: mobilenetv3small_minimalistic\n"))
+    assert (r.generalist.width, r.student.width) == (64, 100)
+    r = load_recipe(write(tmp_path, BASE + "student:\n  arch: mobilenetv2\n  width: 35\n"))
+    assert r.student.width == 35
+    explicit = load_recipe(write(tmp_path, BASE), ["generalist.width=64"])
+    implicit = load_recipe(write(tmp_path, BASE))
+    assert explicit.digest("generalist") == implicit.digest("generalist")

@@ -115,7 +115,13 @@ class ModelTrainConfig(_Section):
     """One model and how to train it: architecture, width and schedule."""
 
     arch: str = Field("resnet18", description="registered architecture name")
-    width: int = Field(64, ge=1, le=1024, description="channels of the first stage")
+    width: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="ResNets: channels of the first stage; MobileNets and EfficientNet-Lite: "
+        "the width multiplier in percent; null: the published network's (64, or 100)",
+    )
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     bn_momentum: float = Field(0.9, gt=0.0, lt=1.0)
     epochs: int = Field(30, ge=1, le=10_000)
@@ -129,6 +135,18 @@ class ModelTrainConfig(_Section):
         description="imagenet: keras.applications' pretrained backbone (downloaded once into "
         "~/.keras/models); or the path of that file, copied from a machine online; null: random",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _family_width(cls, data: Any) -> Any:
+        """An unset width is the registered architecture's published one."""
+        if isinstance(data, dict) and data.get("width") is None:
+            from edgekd.training.models import ARCHITECTURES
+
+            spec = ARCHITECTURES.get(data.get("arch", cls.model_fields["arch"].default))
+            if spec is not None:
+                data = {**data, "width": spec.default_width}
+        return data
 
     @model_validator(mode="after")
     def _warmup_fits(self) -> ModelTrainConfig:

@@ -50,6 +50,22 @@ def check_batch_size(recipe: Recipe, section: str, data: PreparedData) -> None:
         )
 
 
+def check_input_size(recipe: Recipe, section: str, data: PreparedData) -> None:
+    """A recipe error when the images are smaller than `<section>.arch` takes."""
+    from edgekd.training.models import ARCHITECTURES
+
+    arch = getattr(recipe, section).arch
+    spec = ARCHITECTURES[arch]
+    height, width = data.train.images.shape[1:3]
+    if min(height, width) < spec.min_size:
+        raise recipe.error(
+            f"{section}.arch",
+            f"{arch} needs images of at least {spec.min_size}x{spec.min_size} px; the data's "
+            f"are {height}x{width}. Set data.image_size, or for small images use a CIFAR ResNet "
+            "(resnet10, resnet14, resnet18, resnet34)",
+        )
+
+
 class Stage:
     """Base class. `sections` are the recipe sections whose change reruns the stage;
     `reads` are upstream stages whose hashes chain into this one."""

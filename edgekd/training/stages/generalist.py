@@ -23,6 +23,7 @@ from edgekd.training.stages.base import (
     StageOutcome,
     augment_of,
     check_batch_size,
+    check_input_size,
 )
 
 
@@ -34,6 +35,7 @@ class GeneralistStage(Stage):
 
     def check(self, recipe: Recipe, data: PreparedData) -> None:
         check_batch_size(recipe, "generalist", data)
+        check_input_size(recipe, "generalist", data)
 
     def run(self, ctx: StageContext) -> StageOutcome:
         from edgekd.training.models import model_summary_stats

@@ -22,10 +22,19 @@ from edgekd import atomic
 from edgekd.data import ImageSet
 from edgekd.maths.specialist import dustbin_correction, specialist_labels, specialist_metrics
 from edgekd.training.models import build_model, inherits
-from edgekd.training.stages.base import Stage, StageContext, StageOutcome, augment_of
+from edgekd.training.stages.base import (
+    Stage,
+    StageContext,
+    StageOutcome,
+    augment_of,
+    check_input_size,
+)
 
 if TYPE_CHECKING:
     import keras
+
+    from edgekd.data.dataset import PreparedData
+    from edgekd.recipe import Recipe
 
 
 class SpecialistsStage(Stage):
@@ -34,6 +43,9 @@ class SpecialistsStage(Stage):
     name = "specialists"
     sections = ("seed", "data", "generalist", "specialists", "train")
     reads = ("groups",)
+
+    def check(self, recipe: Recipe, data: PreparedData) -> None:
+        check_input_size(recipe, "specialists", data)
 
     def run(self, ctx: StageContext) -> StageOutcome:
         recipe, data, cfg = ctx.recipe, ctx.data, ctx.recipe.specialists

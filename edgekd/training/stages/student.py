@@ -34,6 +34,7 @@ from edgekd.training.stages.base import (
     StageOutcome,
     augment_of,
     check_batch_size,
+    check_input_size,
 )
 
 if TYPE_CHECKING:
@@ -70,6 +71,7 @@ class StudentStage(Stage):
     def check(self, recipe: Recipe, data: Any) -> None:
         cfg = recipe.student
         check_batch_size(recipe, "student", data)
+        check_input_size(recipe, "student", data)
         if cfg.temperature_search and isinstance(cfg.temperature, RampConfig):
             raise recipe.error(
                 "student.temperature_search",
