@@ -35,20 +35,100 @@ def _shared_root(tmp_path_factory) -> Path:
     return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
 
-def _once(tmp_path_factory, name: str, make) -> dict[str, Any]:
-    """Build `name` once per session, however many xdist workers ask: the first holds a
-    file lock while `make(folder)` runs and records its JSON result; the rest read it."""
-    root = _shared_root(tmp_path_factory)
+def _once(root: Path, name: str, make) -> dict[str, Any]:
+    """Build `name` once per session, however many processes ask (xdist workers, the
+    background builder): the first holds a file lock while `make(folder)` runs and records
+    its JSON result; the rest read it."""
     record = root / f"{name}.json"
     with FileLock(str(record) + ".lock"):
         if record.is_file():
             return json.loads(record.read_text())
         folder = root / name
-        if folder.exists():  # a worker that failed to build it left this behind
+        if folder.exists():  # a process that failed to build it left this behind
             shutil.rmtree(folder)
         result = make(folder)
         record.write_text(json.dumps(result))
         return result
+
+
+def build_smoke_trained(root: Path, cifar: Path) -> dict[str, Any]:
+    """The smoke recipe on real CIFAR-10 JPEGs in `root/smoke-trained`, once per session."""
+
+    def make(run_dir: Path) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        proc = run_cli(
+            "train", "smoke", "--set", f"data.path={cifar}", "--run-dir", str(run_dir),
+            "--quiet", env={"EDGEKD_CACHE": str(root / "edgekd-cache")},
+        )  # fmt: skip
+        wall = time.perf_counter() - t0
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return {"run_dir": str(run_dir), "args": proc.args, "stdout": proc.stdout,
+                "stderr": proc.stderr, "wall": wall}  # fmt: skip
+
+    return _once(root, "smoke-trained", make)
+
+
+def build_smoke_exported(root: Path, cifar: Path) -> dict[str, Any]:
+    """A copy of the smoke run exported once, as a user runs it: the student and every
+    member as float32 and int8 .tflite and .onnx, in RUN/export/ and RUN/export/members/."""
+    trained = Path(build_smoke_trained(root, cifar)["run_dir"])
+
+    def make(run_dir: Path) -> dict[str, Any]:
+        shutil.copytree(trained, run_dir)
+        # --force: the smoke models are near chance (15% on 60 images), so whether their
+        # int8 files pass the 1-point gate is a coin toss of the host's float rounding.
+        proc = run_cli(
+            "export", str(run_dir), "--float", "--int8", "--format", "tflite,onnx", "--members",
+            "--force",
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return {"run_dir": str(run_dir), "stdout": proc.stdout}
+
+    return _once(root, "smoke-exported", make)
+
+
+_BUILDER_KEY = pytest.StashKey[subprocess.Popen]()
+_BUILDER = """
+import sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from tests.conftest import build_smoke_exported, build_smoke_trained
+root, cifar = Path(sys.argv[2]), Path(sys.argv[3])
+(root / "builder.started").touch()
+build_smoke_exported(root, cifar) if sys.argv[4] == "1" else build_smoke_trained(root, cifar)
+"""
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """When the selected tests use the smoke run, start building it (and its export) in a
+    background process right away, so that it overlaps the tests that do not need it instead
+    of a worker waiting for another to build it. Workers then wait on the same file lock,
+    and build it themselves if the builder failed."""
+    if os.environ.get("PYTEST_XDIST_WORKER", "gw0") != "gw0" or not CIFAR_JPEG.is_dir():
+        return
+    needs = [set(getattr(item, "fixturenames", ())) for item in session.items]
+    if not any("smoke_trained" in n for n in needs):
+        return
+    export = any("smoke_exported" in n for n in needs)
+    root = _shared_root(session.config._tmp_path_factory)
+    (root / "edgekd-cache").mkdir(exist_ok=True)
+    builder = subprocess.Popen(
+        [sys.executable, "-c", _BUILDER, str(REPO), str(root), str(CIFAR_JPEG), str(int(export))],
+        cwd=REPO, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    session.config.stash[_BUILDER_KEY] = builder
+    deadline = time.monotonic() + 30
+    while not (root / "builder.started").exists() and builder.poll() is None:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    builder = session.config.stash.get(_BUILDER_KEY, None)
+    if builder is not None and builder.poll() is None:
+        builder.terminate()
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -78,47 +158,22 @@ def smoke_trained(tmp_path_factory, cifar_jpeg) -> tuple[Path, subprocess.Comple
     """The smoke recipe on real CIFAR-10 JPEGs, trained once per session (shared by the xdist
     workers); modules that change a run take a copy (`smoke_copy`), so each starts from the
     same pristine run."""
-
-    def make(run_dir: Path) -> dict[str, Any]:
-        t0 = time.perf_counter()
-        proc = run_cli(
-            "train", "smoke", "--set", f"data.path={cifar_jpeg}", "--run-dir", str(run_dir),
-            "--quiet",
-        )  # fmt: skip
-        wall = time.perf_counter() - t0
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        return {"run_dir": str(run_dir), "args": proc.args, "stdout": proc.stdout,
-                "stderr": proc.stderr, "wall": wall}  # fmt: skip
-
-    r = _once(tmp_path_factory, "smoke-trained", make)
+    r = build_smoke_trained(_shared_root(tmp_path_factory), cifar_jpeg)
     proc = subprocess.CompletedProcess(r["args"], 0, r["stdout"], r["stderr"])
     return Path(r["run_dir"]), proc, r["wall"]
 
 
 @pytest.fixture(scope="session")
-def smoke_exported(smoke_trained, tmp_path_factory) -> Path:
-    """A copy of the session's smoke run exported once, as a user runs it: the student and
-    every member (generalist, specialists) as float32 and int8 .tflite and .onnx, in
-    RUN/export/ and RUN/export/members/. Tests read it; none may change it."""
-
-    def make(run_dir: Path) -> dict[str, Any]:
-        smoke_copy(smoke_trained, run_dir)
-        # --force: the smoke models are near chance (15% on 60 images), so whether their
-        # int8 files pass the 1-point gate is a coin toss of the host's float rounding.
-        proc = run_cli(
-            "export", str(run_dir), "--float", "--int8", "--format", "tflite,onnx", "--members",
-            "--force",
-        )
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        return {"run_dir": str(run_dir), "stdout": proc.stdout}
-
-    return Path(_once(tmp_path_factory, "smoke-exported", make)["run_dir"])
+def smoke_exported(smoke_trained, tmp_path_factory, cifar_jpeg) -> Path:
+    """A copy of the session's smoke run exported once (`build_smoke_exported`). Tests read
+    it; none may change it."""
+    return Path(build_smoke_exported(_shared_root(tmp_path_factory), cifar_jpeg)["run_dir"])
 
 
 @pytest.fixture(scope="session")
-def smoke_exported_stdout(smoke_exported, tmp_path_factory) -> str:
+def smoke_exported_stdout(smoke_exported, tmp_path_factory, cifar_jpeg) -> str:
     """What `edgekd export` printed when it made `smoke_exported`."""
-    return _once(tmp_path_factory, "smoke-exported", None)["stdout"]
+    return build_smoke_exported(_shared_root(tmp_path_factory), cifar_jpeg)["stdout"]
 
 
 def smoke_copy(smoke_trained, destination: Path) -> Path:
