@@ -143,8 +143,9 @@ class ModelTrainConfig(_Section):
         if isinstance(data, dict) and data.get("width") is None:
             from edgekd.training.models import ARCHITECTURES
 
-            spec = ARCHITECTURES.get(data.get("arch", cls.model_fields["arch"].default))
-            if spec is not None:
+            arch = data.get("arch", cls.model_fields["arch"].default)
+            spec = ARCHITECTURES.get(arch) if isinstance(arch, str) else None
+            if spec is not None:  # an unknown or mistyped arch is reported by its own check
                 data = {**data, "width": spec.default_width}
         return data
 
