@@ -214,7 +214,11 @@ def test_mediapipe_refuses_a_float_file_without_metadata(exported):
         _mediapipe_top1(exported["float32"], np.zeros((1, SIZE, SIZE, 3), np.uint8))
 
 
-@pytest.mark.parametrize("output", ["logits", "probabilities"])
+# logits through export_model is the smoke export's path (test_the_smoke_export_loads_in_mediapipe);
+# its own case here runs with -m exhaustive.
+@pytest.mark.parametrize(
+    "output", [pytest.param("logits", marks=pytest.mark.exhaustive), "probabilities"]
+)
 def test_export_writes_metadata_cards_and_parity_for_the_output(
     output, model, real_images, check_images, tmp_path
 ):
