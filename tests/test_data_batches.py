@@ -218,3 +218,73 @@ def test_data_path_runs_without_tensorflow(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "ok 6 2" in result.stdout
+
+
+# The random resized crop (data.augment.crop: resized).
+
+
+def _bilinear_reference(image: np.ndarray, top: int, left: int, bh: int, bw: int) -> np.ndarray:
+    """Pixel by pixel: output centre -> box coordinate, clamped, four neighbours weighted."""
+    height, width, _ = image.shape
+    out = np.zeros(image.shape, np.float64)
+    for i in range(height):
+        for j in range(width):
+            y = min(max(top + (i + 0.5) * bh / height - 0.5, top), top + bh - 1)
+            x = min(max(left + (j + 0.5) * bw / width - 0.5, left), left + bw - 1)
+            y0, x0 = int(np.floor(y)), int(np.floor(x))
+            y1, x1 = min(y0 + 1, top + bh - 1), min(x0 + 1, left + bw - 1)
+            dy, dx = y - y0, x - x0
+            out[i, j] = ((1 - dy) * ((1 - dx) * image[y0, x0] + dx * image[y0, x1])
+                         + dy * ((1 - dx) * image[y1, x0] + dx * image[y1, x1]))  # fmt: skip
+    return np.rint(out).astype(np.uint8)
+
+
+def test_resample_matches_the_pixel_by_pixel_reference():
+    from edgekd.data.batches import resample_boxes
+
+    images = random_images(4, size=9, seed=2)
+    top, left = np.array([0, 2, 5, 0]), np.array([0, 1, 3, 4])
+    box_h, box_w = np.array([9, 4, 3, 9]), np.array([9, 7, 2, 5])
+    got = resample_boxes(images, top, left, box_h, box_w)
+    for b in range(4):
+        want = _bilinear_reference(images[b], top[b], left[b], box_h[b], box_w[b])
+        assert np.abs(got[b].astype(int) - want).max() <= 1, b  # float32 vs float64 rounding
+    np.testing.assert_array_equal(got[0], images[0])  # the whole image comes back unchanged
+
+
+def test_resized_crop_boxes_follow_scale_and_ratio():
+    from edgekd.data.batches import resized_crop_boxes
+
+    rng = np.random.default_rng(0)
+    top, left, bh, bw = resized_crop_boxes(4000, 64, 48, rng, (0.25, 0.5), (0.5, 2.0))
+    assert (top >= 0).all() and (left >= 0).all()
+    assert (top + bh <= 64).all() and (left + bw <= 48).all()
+    share = bh * bw / (64 * 48)
+    aspect = bw / bh
+    assert share.min() > 0.2 and share.max() < 0.56  # rounding to whole pixels
+    assert aspect.min() > 0.45 and aspect.max() < 2.2
+    assert len(np.unique(top)) > 20 and len(np.unique(left)) > 20  # positions vary
+    # no box can fit: the whole image
+    top, left, bh, bw = resized_crop_boxes(5, 8, 8, rng, (1.0, 1.0), (4.0, 4.0))
+    assert (bh == 8).all() and (bw == 8).all() and (top == 0).all() and (left == 0).all()
+
+
+def test_resized_crop_augment_is_seeded_and_keeps_shape():
+    images = random_images(6, size=20, seed=1)
+    aug = Augment(crop="resized", flip=False)
+    a = aug(images, np.random.default_rng(3))
+    assert a.shape == images.shape and a.dtype == np.uint8
+    np.testing.assert_array_equal(a, aug(images, np.random.default_rng(3)))
+    assert not np.array_equal(a, images)
+    whole = Augment(crop="resized", scale=(1.0, 1.0), ratio=(1.0, 1.0), flip=False)
+    np.testing.assert_array_equal(whole(images, np.random.default_rng(0)), images)
+    with pytest.raises(ValueError, match="crop must be one of"):
+        Augment(crop="zoom")
+
+
+def test_auto_crop_is_resized_from_96_px():
+    from edgekd.recipe.schema import AugmentConfig
+
+    auto = AugmentConfig()
+    assert (auto.crop_for(32), auto.crop_for(95), auto.crop_for(96)) == ("pad", "pad", "resized")
+    assert AugmentConfig(crop="pad").crop_for(224) == "pad"

@@ -21,16 +21,22 @@ _SHUFFLE_STREAM = 0x5348554646  # "SHUFF"
 _AUGMENT_STREAM = 0x4155474D  # "AUGM"
 
 PADDING_MODES = ("reflect", "constant")
+CROPS = ("pad", "resized")
+RESIZED_CROP_TRIES = 10  # candidate boxes drawn per image, as torchvision's RandomResizedCrop
 
 
 @dataclass(frozen=True)
 class Augment:
-    """Training augmentation: random crop after padding, horizontal flip, cutout.
+    """Training augmentation: a random crop, horizontal flip, cutout.
 
     Attributes:
+        crop: str. "pad" (pad, then crop back to the original size: a random shift, the
+            CIFAR recipe) or "resized" (Inception-style random resized crop: a box of a random
+            share `scale` of the area and aspect ratio in `ratio`, resized back bilinearly;
+            the ImageNet recipe, for large images). Defaults to "pad".
         crop_padding: int. Pixels of padding on each side before a random crop back to the
-            original size, i.e. a random shift of up to this many pixels. 0 = off.
-            Defaults to 4.
+            original size, i.e. a random shift of up to this many pixels; "pad" only.
+            0 = off. Defaults to 4.
         padding_mode: str. "reflect" (mirror the border, no artificial black edges) or
             "constant" (zeros). Defaults to "reflect".
         flip: bool. Mirror half of the images left-right. Defaults to True.
@@ -42,8 +48,18 @@ class Augment:
     padding_mode: str = "reflect"
     flip: bool = True
     cutout: int = 0
+    crop: str = "pad"
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
 
     def __post_init__(self) -> None:
+        if self.crop not in CROPS:
+            raise ValueError(f"crop must be one of {CROPS}, got {self.crop!r}")
+        if not (0 < self.scale[0] <= self.scale[1] <= 1 and 0 < self.ratio[0] <= self.ratio[1]):
+            raise ValueError(
+                f"scale must be 0 < low <= high <= 1 and ratio 0 < low <= high, got "
+                f"{self.scale} and {self.ratio}"
+            )
         if self.padding_mode not in PADDING_MODES:
             raise ValueError(
                 f"padding_mode must be one of {PADDING_MODES}, got {self.padding_mode!r}"
@@ -57,7 +73,9 @@ class Augment:
         """Augment a batch of (B, H, W, C) images; returns a new array of the same dtype."""
         batch, height, width, _ = images.shape
         pad = self.crop_padding
-        if pad:
+        if self.crop == "resized":
+            images = random_resized_crop(images, rng, self.scale, self.ratio)
+        elif pad:
             if self.padding_mode == "reflect" and pad >= min(height, width):
                 raise ValueError(
                     f"reflect padding of {pad} px needs images larger than that, got "
@@ -99,6 +117,78 @@ class Augment:
         windows = sliding_window_view(images, (size, size), axis=(1, 2), writeable=True)
         picked = (np.arange(batch), win_top, win_left)
         windows[picked] = windows[picked] * ~covered[:, None]  # (B, C, size, size)
+
+
+def random_resized_crop(
+    images: np.ndarray,
+    rng: np.random.Generator,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> np.ndarray:
+    """Crop each (H, W) image to a random box and resize it back to (H, W), bilinearly
+    (`resized_crop_boxes`, then `resample_boxes`)."""
+    batch, height, width, _ = images.shape
+    boxes = resized_crop_boxes(batch, height, width, rng, scale, ratio)
+    return resample_boxes(images, *boxes)
+
+
+def resized_crop_boxes(
+    batch: int,
+    height: int,
+    width: int,
+    rng: np.random.Generator,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(top, left, box height, box width) per image, as torchvision's RandomResizedCrop draws
+    them: up to ten candidates of area ``uniform(scale) * H * W`` and aspect ratio
+    log-uniform in ``ratio``; the first that fits is taken (else the whole image), at a
+    uniform position."""
+    area = rng.uniform(scale[0], scale[1], (batch, RESIZED_CROP_TRIES)) * height * width
+    aspect = np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1]), (batch, RESIZED_CROP_TRIES)))
+    box_w = np.rint(np.sqrt(area * aspect)).astype(np.int64)
+    box_h = np.rint(np.sqrt(area / aspect)).astype(np.int64)
+    fits = (box_w >= 1) & (box_h >= 1) & (box_w <= width) & (box_h <= height)
+    first = fits.argmax(1)
+    rows = np.arange(batch)
+    box_w = np.where(fits.any(1), box_w[rows, first], width)
+    box_h = np.where(fits.any(1), box_h[rows, first], height)
+    top = (rng.random(batch) * (height - box_h + 1)).astype(np.int64)
+    left = (rng.random(batch) * (width - box_w + 1)).astype(np.int64)
+    return top, left, box_h, box_w
+
+
+def resample_boxes(
+    images: np.ndarray, top: np.ndarray, left: np.ndarray, box_h: np.ndarray, box_w: np.ndarray
+) -> np.ndarray:
+    """Each image's box resized to the image's (H, W) with bilinear interpolation at pixel
+    centres (``align_corners=False``, clamped at the box's edge pixels): a box of the whole
+    image returns it unchanged."""
+    batch, height, width, _ = images.shape
+    y = _sample_positions(top, box_h, height)  # (B, H) source rows
+    x = _sample_positions(left, box_w, width)  # (B, W) source columns
+    y0, x0 = np.floor(y).astype(np.int64), np.floor(x).astype(np.int64)
+    y1 = np.minimum(y0 + 1, (top + box_h - 1)[:, None])
+    x1 = np.minimum(x0 + 1, (left + box_w - 1)[:, None])
+    wy = (y - y0)[:, :, None, None]
+    wx = (x - x0)[:, None, :, None]
+    b = np.arange(batch)[:, None, None]
+
+    def at(yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
+        return images[b, yy[:, :, None], xx[:, None, :]].astype(np.float32)
+
+    top_row = at(y0, x0) * (1 - wx) + at(y0, x1) * wx
+    bottom_row = at(y1, x0) * (1 - wx) + at(y1, x1) * wx
+    out = top_row * (1 - wy) + bottom_row * wy
+    return np.clip(np.rint(out), 0, 255).astype(images.dtype)
+
+
+def _sample_positions(start: np.ndarray, length: np.ndarray, size: int) -> np.ndarray:
+    """Source coordinates of `size` output pixel centres over [start, start + length),
+    clamped to the box's first and last pixel centres."""
+    centres = (np.arange(size) + 0.5) / size  # (size,)
+    pos = start[:, None] + centres[None, :] * length[:, None] - 0.5
+    return np.clip(pos, start[:, None], (start + length - 1)[:, None]).astype(np.float32)
 
 
 def _pad(images: np.ndarray, pad: int, mode: str) -> np.ndarray:

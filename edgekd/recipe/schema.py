@@ -22,6 +22,8 @@ STAGES: tuple[str, ...] = (
 )  # fmt: skip
 # The method's stages; `budget` (a control that costs as much as the method) is opt-in.
 METHOD_STAGES: tuple[str, ...] = STAGES[:5]
+RESIZED_CROP_FROM = 96
+"""`data.augment.crop: auto` takes the random resized crop for images at least this large."""
 
 
 class FieldError(ValueError):
@@ -56,10 +58,32 @@ class _Section(BaseModel):
 class AugmentConfig(_Section):
     """Training-time augmentation, applied on the fly to in-memory uint8 images."""
 
+    crop: Literal["auto", "pad", "resized"] = Field(
+        "auto",
+        description="pad: pad and random crop (a shift; the CIFAR recipe); resized: "
+        "Inception-style random resized crop (the ImageNet recipe); auto: resized for images of "
+        f"{RESIZED_CROP_FROM} px and up, pad below",
+    )
+    crop_scale: tuple[float, float] = Field(
+        (0.08, 1.0), description="resized: the crop's share of the image area, [low, high]"
+    )
     crop_padding: int = Field(4, ge=0, le=64, description="pad-and-random-crop margin in pixels")
     padding_mode: Literal["reflect", "constant"] = "reflect"
     flip: bool = Field(True, description="random horizontal flip")
     cutout: int = Field(0, ge=0, le=64, description="side of a random zeroed square; 0 = off")
+
+    @model_validator(mode="after")
+    def _scale_range(self) -> AugmentConfig:
+        low, high = self.crop_scale
+        if not 0 < low <= high <= 1:
+            raise FieldError(("crop_scale",), f"needs 0 < low <= high <= 1; got [{low}, {high}]")
+        return self
+
+    def crop_for(self, image_side: int) -> str:
+        """The crop this config means for images whose shorter side is `image_side` px."""
+        if self.crop != "auto":
+            return self.crop
+        return "resized" if image_side >= RESIZED_CROP_FROM else "pad"
 
 
 class DataConfig(_Section):
@@ -464,6 +488,8 @@ _NOT_HASHED = {
 # Options added after runs were made with this schema: at their default they stay out of the
 # stage hashes, so adding an option does not redo the stages of existing runs.
 _HASH_NEUTRAL_DEFAULTS: dict[str, dict[str, Any]] = {
+    # "auto" is "pad" for every image size runs were made at before these keys existed.
+    "data": {"augment.crop": "auto", "augment.crop_scale": [0.08, 1.0]},
     "ensemble": {"flip_average": False},
     "generalist": {"weights": None},
     "specialists": {"weights": None},
@@ -554,8 +580,12 @@ class Recipe(_Section):
                 d[section].pop(key, None)
         for section, defaults in _HASH_NEUTRAL_DEFAULTS.items():
             for key, default in defaults.items():
-                if d[section].get(key) == default:
-                    d[section].pop(key)
+                *parents, leaf = key.split(".")
+                node = d[section]
+                for parent in parents:
+                    node = node[parent]
+                if node.get(leaf) == default:
+                    node.pop(leaf)
         payload = {s: d[s] for s in sections}
         if extra:
             payload["extra"] = dict(extra)

@@ -103,5 +103,6 @@ def augment_of(ctx: StageContext) -> Augment:
 
     a = ctx.recipe.data.augment
     return Augment(
-        crop_padding=a.crop_padding, padding_mode=a.padding_mode, flip=a.flip, cutout=a.cutout
-    )
+        crop=a.crop_for(min(ctx.data.train.images.shape[1:3])), scale=a.crop_scale,
+        crop_padding=a.crop_padding, padding_mode=a.padding_mode, flip=a.flip, cutout=a.cutout,
+    )  # fmt: skip
