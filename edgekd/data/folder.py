@@ -16,7 +16,7 @@ import numpy as np
 
 from edgekd.data.cache import FileStat
 from edgekd.data.images import read_rgb
-from edgekd.data.imageset import ImageSet, Progress
+from edgekd.data.imageset import ImageSet, ImageSize, Progress, as_hw
 from edgekd.data.split import choose_per_class
 from edgekd.errors import DataError
 
@@ -107,7 +107,7 @@ def decode_folder(
     *,
     limit_per_class: int | None = None,
     seed: int = 0,
-    image_size: int | None = None,
+    image_size: ImageSize | None = None,
     progress: bool = True,
 ) -> ImageSet:
     """Decode the files of `index` (or a seeded per-class sample of them) into an ImageSet.
@@ -117,7 +117,7 @@ def decode_folder(
         limit_per_class: int | None. Decode at most this many files per class, chosen
             before decoding. Defaults to None (all).
         seed: int. Seed of that choice. Defaults to 0.
-        image_size: int | None. Resize every image to image_size x image_size (bilinear);
+        image_size: ImageSize | None. Resize every image to one side or (height, width) (bilinear);
             None keeps the source size, which must then be the same for every file.
             Defaults to None.
         progress: bool. Print a progress line to stderr. Defaults to True.
@@ -138,7 +138,7 @@ def decode_folder(
 def decode_images(
     paths: list[Path],
     *,
-    image_size: int | None = None,
+    image_size: ImageSize | None = None,
     progress: bool = True,
     label: str = "decoding",
 ) -> np.ndarray:
@@ -151,7 +151,7 @@ def decode_images(
     if not paths:
         raise DataError(f"{label}: no image files to decode")
     # The expected shape; with no image_size, the first file's (sizes are checked after).
-    shape = (image_size, image_size, 3) if image_size else _decode(paths[0], None).shape
+    shape = (*as_hw(image_size), 3) if image_size else _decode(paths[0], None).shape
     out = np.empty((len(paths), *shape), dtype=np.uint8)
     sizes: list[tuple[int, int]] = [(0, 0)] * len(paths)
 
@@ -189,10 +189,10 @@ def decode_images(
     return out
 
 
-def _decode(path: Path, image_size: int | None) -> np.ndarray:
+def _decode(path: Path, image_size: ImageSize | None) -> np.ndarray:
     """Decode one file to (H, W, 3) uint8 RGB, resized when image_size is given."""
     try:
-        return read_rgb(path, (image_size, image_size) if image_size is not None else None)
+        return read_rgb(path, as_hw(image_size) if image_size is not None else None)
     except DataError as exc:
         raise DataError(
             f"{exc}; delete or replace the file (or move it out of the data folder)"

@@ -60,20 +60,33 @@ class ImageSet:
         indices = np.asarray(indices)
         return ImageSet(self.images[indices], self.labels[indices], list(self.class_names))
 
-    def resized(self, image_size: int) -> ImageSet:
-        """Return the set resized to image_size x image_size (bilinear, Pillow); self if equal."""
-        if self.image_size == (image_size, image_size):
+    def resized(self, image_size: ImageSize) -> ImageSet:
+        """Return the set resized to `image_size` (bilinear, Pillow); self if equal."""
+        if self.image_size == as_hw(image_size):
             return self
         return ImageSet(resize_images(self.images, image_size), self.labels, self.class_names)
 
 
-def resize_images(images: np.ndarray, image_size: int) -> np.ndarray:
-    """Resize (N, H, W, 3) uint8 images to image_size x image_size with Pillow's bilinear filter."""
+ImageSize = int | tuple[int, int] | list[int]
+"""An image size: one side (square), or (height, width)."""
+
+
+def as_hw(size: ImageSize) -> tuple[int, int]:
+    """(height, width) of a size given as one side (a square) or as (height, width)."""
+    if isinstance(size, int):
+        return size, size
+    height, width = size
+    return int(height), int(width)
+
+
+def resize_images(images: np.ndarray, image_size: ImageSize) -> np.ndarray:
+    """Resize (N, H, W, 3) uint8 images to `image_size` with Pillow's bilinear filter."""
     from PIL import Image
 
-    out = np.empty((len(images), image_size, image_size, 3), np.uint8)
+    height, width = as_hw(image_size)
+    out = np.empty((len(images), height, width, 3), np.uint8)
     for i, image in enumerate(images):
-        pil = Image.fromarray(image).resize((image_size, image_size), Image.Resampling.BILINEAR)
+        pil = Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR)
         out[i] = np.asarray(pil)
     return out
 

@@ -23,7 +23,7 @@ from edgekd.data.cache import (
 from edgekd.data.cifar import cifar_file_stats, find_cifar_dir, load_cifar
 from edgekd.data.folder import decode_folder, scan_folder
 from edgekd.data.images import DECODER_VERSION
-from edgekd.data.imageset import ImageSet
+from edgekd.data.imageset import ImageSet, ImageSize, as_hw
 from edgekd.data.split import choose_per_class
 from edgekd.data.tfds import load_tfds, tfds_file_stats
 
@@ -135,7 +135,7 @@ def load_source(
     *,
     limit_per_class: int | None = None,
     seed: int = 0,
-    image_size: int | None = None,
+    image_size: ImageSize | None = None,
     cache_dir: str | Path | None = None,
     progress: bool = True,
     tfds_dir: str | Path | None = None,
@@ -153,7 +153,7 @@ def load_source(
             decoding, so a quick run decodes only these. Also applied to a test split.
             Defaults to None (all images).
         seed: int. Seed of the `limit_per_class` choice. Defaults to 0.
-        image_size: int | None. Resize to image_size x image_size (bilinear) where the
+        image_size: ImageSize | None. Resize to one side or (height, width) (bilinear) where the
             source differs. None keeps the source size, which must then be the same for
             all images. Defaults to None.
         cache_dir: str | Path | None. Where decoded arrays are cached. Defaults to
@@ -174,7 +174,7 @@ def load_source(
         spec = parse_source(spec)
     if limit_per_class is not None and limit_per_class < 1:
         raise ValueError(f"limit_per_class must be >= 1 or None, got {limit_per_class}")
-    if image_size is not None and image_size < 1:
+    if image_size is not None and min(as_hw(image_size)) < 1:
         raise ValueError(f"image_size must be >= 1 or None, got {image_size}")
 
     if spec.kind == "folder":
@@ -230,7 +230,7 @@ def load_source(
 
 
 def _limit_and_resize(
-    split: ImageSet | None, limit_per_class: int | None, seed: int, image_size: int | None
+    split: ImageSet | None, limit_per_class: int | None, seed: int, image_size: ImageSize | None
 ) -> ImageSet | None:
     if split is None:
         return None

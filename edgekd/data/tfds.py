@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from edgekd.data.cache import FileStat
-from edgekd.data.imageset import ImageSet, Progress, resize_images
+from edgekd.data.imageset import ImageSet, ImageSize, Progress, as_hw, resize_images
 from edgekd.errors import DataError
 
 CONNECT_TIMEOUT_S = 3.0
@@ -62,7 +62,7 @@ def load_tfds(
     name: str,
     *,
     data_dir: str | Path | None = None,
-    image_size: int | None = None,
+    image_size: ImageSize | None = None,
     progress: bool = True,
 ) -> tuple[ImageSet, ImageSet | None]:
     """Load a TFDS image classification dataset as (train, test) ImageSets.
@@ -71,8 +71,8 @@ def load_tfds(
         name: str. TFDS name, optionally with config and version, e.g. ``"cifar10"``.
         data_dir: str | Path | None. TFDS data directory. Defaults to ``$TFDS_DATA_DIR`` or
             ``~/tensorflow_datasets``.
-        image_size: int | None. Resize to image_size x image_size while reading (needed for
-            datasets whose images differ in size). Defaults to None.
+        image_size: ImageSize | None. Resize to one side or (height, width) while reading
+            (needed for datasets whose images differ in size). Defaults to None.
         progress: bool. Print a progress line to stderr. Defaults to True.
 
     Returns:
@@ -218,7 +218,7 @@ def _to_rgb(images: np.ndarray) -> np.ndarray:
 
 
 def _read_batched(
-    builder: Any, split: str, name: str, image_size: int | None, meter: Progress
+    builder: Any, split: str, name: str, image_size: ImageSize | None, meter: Progress
 ) -> tuple[np.ndarray, np.ndarray]:
     """Read a split of fixed-size images in one batch."""
     import tensorflow_datasets as tfds
@@ -228,13 +228,13 @@ def _read_batched(
     meter.update(len(labels))
     meter.done()
     images = _to_rgb(np.asarray(images))
-    if image_size is not None and images.shape[1:3] != (image_size, image_size):
+    if image_size is not None and images.shape[1:3] != as_hw(image_size):
         images = resize_images(images, image_size)
     return images, np.asarray(labels, np.int32)
 
 
 def _read_one_by_one(
-    builder: Any, split: str, name: str, image_size: int | None, meter: Progress
+    builder: Any, split: str, name: str, image_size: ImageSize | None, meter: Progress
 ) -> tuple[np.ndarray, np.ndarray]:
     """Read a split of images that differ in size, resizing each as it arrives."""
     import tensorflow_datasets as tfds
@@ -248,8 +248,9 @@ def _read_one_by_one(
     images, labels = [], []
     for image, label in tfds.as_numpy(builder.as_dataset(split=split, as_supervised=True)):
         pil = Image.fromarray(_to_rgb(image))
-        if pil.size != (image_size, image_size):
-            pil = pil.resize((image_size, image_size), Image.Resampling.BILINEAR)
+        height, width = as_hw(image_size)
+        if pil.size != (width, height):
+            pil = pil.resize((width, height), Image.Resampling.BILINEAR)
         images.append(np.asarray(pil))
         labels.append(int(label))
         meter.update(1)

@@ -9,7 +9,7 @@ import difflib
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
@@ -86,6 +86,9 @@ class AugmentConfig(_Section):
         return "resized" if image_side >= RESIZED_CROP_FROM else "pad"
 
 
+_Side = Annotated[int, Field(ge=8, le=1024)]
+
+
 class DataConfig(_Section):
     """Where images come from and how validation is split off the training data."""
 
@@ -95,7 +98,9 @@ class DataConfig(_Section):
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="seeded, stratified split")
     limit_per_class: int | None = Field(None, ge=1, description="cap per class for quick runs")
     classes: tuple[str, ...] | None = Field(None, description="subset and order of classes")
-    image_size: int | None = Field(None, ge=8, le=1024, description="resize to this square size")
+    image_size: _Side | tuple[_Side, _Side] | None = Field(
+        None, description="resize every image to this size: one side (a square) or [height, width]"
+    )
     tfds_dir: str | None = Field(None, description="TFDS data_dir holding prepared datasets")
     cache_dir: str | None = Field(None, description="decoded-image cache; $EDGEKD_CACHE default")
     augment: AugmentConfig = AugmentConfig()
