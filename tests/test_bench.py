@@ -395,6 +395,13 @@ def test_bench_and_predict_take_the_cpu_int8_onnx_file(onnx_int8_dir, images, tm
     assert rows == [("student", p, "onnx") for p in ("float32", "int8", "int8-cpu")]
     assert all("error" not in r for r in report["rows"]), report["rows"]
     assert "int8-cpu" in proc.stdout
+    assert any("student-int8.onnx is the TensorRT Q/DQ file" in n for n in report["notes"])
+    cpu = report["host"]["cpu"]  # this host's /proc/cpuinfo, read back in the host line
+    assert set(cpu) == {"model", "int8_dot", "flags_read"}
+    if cpu["flags_read"]:
+        assert f"int8 dot product: {cpu['int8_dot'] or 'none'}" in proc.stdout
+        no_dot = "no int8 dot-product instruction" in proc.stdout
+        assert no_dot == (cpu["int8_dot"] is None)
     from edgekd.device.predict import resolve_model
 
     (bare / "student-int8.onnx").unlink()

@@ -291,6 +291,15 @@ def run_bench(
     )
     if note := int8_note(cpu, cpu_int8):
         notes.append(note)
+    if any(
+        r["format"] == "onnx" and r["precision"] == "int8" and r.get("backend", "").endswith("CPU")
+        for r in rows
+    ):
+        notes.append(
+            "student-int8.onnx is the TensorRT Q/DQ file: export checks it with ONNX Runtime's "
+            "graph optimisations off (what TensorRT computes); ONNX Runtime's fused CPU kernels "
+            "may differ from it on x86 without VNNI. On a CPU, deploy student-int8-cpu.onnx"
+        )
     return {
         "export": str(export_dir),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
