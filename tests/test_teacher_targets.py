@@ -151,7 +151,8 @@ def test_student_stage_labels_once_and_a_second_student_reuses_the_targets(smoke
     assert first.returncode == 0, first.stderr[-3000:]
     assert "teacher targets, epoch 1/" in first.stdout + first.stderr
     student = read_manifest(run_dir)["stages"]["student"]["metrics"]
-    assert student["targets"] == "stored" and student["teacher_targets_s"] > 0
+    # the labelling time is recorded (rounded to 0.1 s: on the smoke run it can be 0.0)
+    assert student["targets"] == "stored" and student["teacher_targets_s"] >= 0
     (store,) = (run_dir / "targets").iterdir()
     epochs = sorted(p.name for p in store.glob("epoch-*.npy"))
     assert len(epochs) == student["epochs"]
