@@ -103,6 +103,16 @@ class DataConfig(_Section):
     )
     tfds_dir: str | None = Field(None, description="TFDS data_dir holding prepared datasets")
     cache_dir: str | None = Field(None, description="decoded-image cache; $EDGEKD_CACHE default")
+    pipeline: Literal["auto", "memory", "stream"] = Field(
+        "auto",
+        description="memory: decode every image into RAM; stream: decode once into an on-disk "
+        "cache of resized images and read each batch from it (memory does not grow with the "
+        "data); auto: stream when the decoded images would pass memory_limit_gb. Both give the "
+        "same batches",
+    )
+    memory_limit_gb: float = Field(
+        4.0, gt=0.0, description="pipeline auto: the most decoded images held in memory, in GB"
+    )
     augment: AugmentConfig = AugmentConfig()
 
     @model_validator(mode="after")
@@ -484,7 +494,7 @@ class TrainConfig(_Section):
 # them reruns nothing (the data fingerprint, not the path, goes into stage hashes).
 # `student.seeds` only adds models: more seeds extend a finished stage (Stage.extends).
 _NOT_HASHED = {
-    "data": ("path", "cache_dir", "tfds_dir"),
+    "data": ("path", "cache_dir", "tfds_dir", "pipeline", "memory_limit_gb"),
     "train": ("stages", "tensorboard"),
     "student": ("seeds",),
 }
