@@ -1,20 +1,27 @@
-"""In-memory image batches for `model.fit` / `evaluate` / `predict` on any Keras backend.
+"""Image batches for `model.fit` / `evaluate` / `predict` on any Keras backend.
 
-Batches are cut from numpy arrays and augmented with vectorised numpy per batch, so they
-cost a few milliseconds and never touch TensorFlow. Every random choice of a batch is drawn
-from a generator seeded by (seed, epoch, batch index): a batch is the same whichever worker
-thread computes it and in whatever order Keras asks for it, and a resumed run that sets
-`epoch` sees exactly the batches of an uninterrupted one.
+Batches are cut from numpy arrays, or read from an on-disk store (`DiskImages`, the streaming
+pipeline), and augmented with vectorised numpy per batch: the same code and the same pixels
+on both paths, so they give the same batches. Nothing here touches TensorFlow; on the
+TensorFlow backend Keras feeds these batches through `tf.data` with prefetching.
+
+Every random choice of a batch is drawn from a generator seeded by (seed, epoch, batch
+index): a batch is the same whichever worker thread computes it and in whatever order Keras
+asks for it, and a resumed run that sets `epoch` sees exactly the batches of an
+uninterrupted one.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import keras
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
+
+from edgekd.data.store import DiskImages
 
 # First words of the SeedSequence entropy, keeping the shuffle and augment streams apart.
 _SHUFFLE_STREAM = 0x5348554646  # "SHUFF"
@@ -22,6 +29,7 @@ _AUGMENT_STREAM = 0x4155474D  # "AUGM"
 
 PADDING_MODES = ("reflect", "constant")
 CROPS = ("pad", "resized")
+STREAM_WORKERS = max(2, min(4, os.cpu_count() or 2))  # batch threads over streamed images
 RESIZED_CROP_TRIES = 10  # candidate boxes drawn per image, as torchvision's RandomResizedCrop
 
 
@@ -216,7 +224,9 @@ class ImageBatches(keras.utils.PyDataset):
     with Python's unseeded `random`.
 
     Args:
-        images: np.ndarray. (N, H, W, C) images, usually uint8.
+        images: np.ndarray | DiskImages. (N, H, W, C) images, usually uint8; from an on-disk
+            store (the streaming pipeline), each batch reads only its rows, on
+            `STREAM_WORKERS` threads unless `workers` is given.
         labels: np.ndarray | None. (N,) integer labels; None yields only x (predict).
         batch_size: int. Images per batch.
         shuffle: bool. Shuffle the images each epoch. Defaults to False.
@@ -250,8 +260,13 @@ class ImageBatches(keras.utils.PyDataset):
                 "ImageBatches holds its images in memory: use worker threads (workers=N), "
                 "not use_multiprocessing=True, which would copy them into every process"
             )
+        if isinstance(images, DiskImages):
+            # Reading and augmenting a batch from disk takes a while at large sizes: prepare
+            # batches ahead on worker threads (the file reads and numpy release the GIL).
+            kwargs.setdefault("workers", STREAM_WORKERS)
+        else:
+            images = np.asarray(images)
         super().__init__(**kwargs)
-        images = np.asarray(images)
         if images.ndim != 4:
             raise ValueError(f"images must be (N, H, W, C), got shape {images.shape}")
         if labels is not None:

@@ -21,6 +21,7 @@ from edgekd.data import (
     parse_source,
     stratified_split,
 )
+from edgekd.data.store import take_rows
 from edgekd.errors import DataError
 from edgekd.recipe import DataConfig, Recipe
 from edgekd.recipe.schema import _unknown
@@ -36,6 +37,7 @@ class PreparedData:
     val: ImageSet
     test: ImageSet | None
     fingerprint: str
+    pipeline: str = "memory"
 
     def summary(self) -> dict:
         """What the manifest records about the data."""
@@ -44,6 +46,7 @@ class PreparedData:
             "fingerprint": self.fingerprint,
             "classes": self.class_names,
             "image_shape": list(self.train.images.shape[1:]),
+            "pipeline": self.pipeline,
             "num_train": len(self.train),
             "num_val": len(self.val),
             "num_test": len(self.test) if self.test is not None else 0,
@@ -76,7 +79,7 @@ def select_classes(
             raise recipe.error(f"{key}[{i}]", _unknown("class", name, images.class_names))
     new_labels = label_map(images.class_names, classes)[images.labels]
     keep = np.flatnonzero(new_labels >= 0)
-    return ImageSet(images.images[keep], new_labels[keep], list(classes))
+    return ImageSet(take_rows(images.images, keep), new_labels[keep], list(classes))
 
 
 def align_classes(images: ImageSet, class_names: list[str], where: str) -> ImageSet:
@@ -97,6 +100,8 @@ def _load(recipe: Recipe, source: SourceSpec, progress: bool, limit: bool = True
     return load_source(
         source,
         limit_per_class=cfg.limit_per_class if limit else None,
+        pipeline=cfg.pipeline,
+        memory_limit_gb=cfg.memory_limit_gb,
         seed=recipe.seed,
         image_size=cfg.image_size,
         cache_dir=cfg.cache_dir,
@@ -123,6 +128,7 @@ def prepare_data(recipe: Recipe, *, progress: bool = True) -> PreparedData:
         val=train.subset(va_idx),
         test=test,
         fingerprint=fingerprint,
+        pipeline=ds.pipeline,
     )
 
 

@@ -125,14 +125,65 @@ def decode_folder(
     Raises:
         DataError: a file cannot be decoded, or sizes differ and `image_size` is None.
     """
-    chosen = np.arange(len(index.files))
-    if limit_per_class is not None:
-        chosen = choose_per_class(index.labels, limit_per_class, seed)
+    chosen = chosen_files(index, limit_per_class, seed)
     paths = [index.root / index.files[i] for i in chosen]
     images = decode_images(
         paths, image_size=image_size, progress=progress, label=f"decoding {index.root}"
     )
     return ImageSet(images, index.labels[chosen], list(index.class_names))
+
+
+def chosen_files(index: FolderIndex, limit_per_class: int | None, seed: int) -> np.ndarray:
+    """Indices of the files a load decodes: all, or a seeded per-class sample."""
+    if limit_per_class is None:
+        return np.arange(len(index.files))
+    return choose_per_class(index.labels, limit_per_class, seed)
+
+
+def image_shape(paths: list[Path], image_size: ImageSize | None) -> tuple[int, int, int]:
+    """(H, W, 3) every image will have: `image_size`, else the first file's size."""
+    return (*as_hw(image_size), 3) if image_size else _decode(paths[0], None).shape
+
+
+def decode_chunks(
+    paths: list[Path],
+    *,
+    image_size: ImageSize | None = None,
+    progress: bool = True,
+    label: str = "decoding",
+):
+    """Decode image files in order, `_CHUNK` at a time on a thread pool, yielding (k, H, W, 3)
+    uint8 arrays: the streaming pipeline's decoder, holding a few chunks at most.
+
+    Raises:
+        DataError: a file cannot be decoded, or (with no `image_size`) it differs in size
+            from the first; the message names the file.
+    """
+    from edgekd.data.store import ordered_chunks
+
+    if not paths:
+        raise DataError(f"{label}: no image files to decode")
+    shape = image_shape(paths, image_size)
+
+    def work(start: int) -> np.ndarray:
+        stop = min(start + _CHUNK, len(paths))
+        out = np.empty((stop - start, *shape), np.uint8)
+        for i in range(start, stop):
+            pixels = _decode(paths[i], image_size)
+            if pixels.shape != shape:
+                raise DataError(
+                    f"{paths[i]} is {pixels.shape[0]}x{pixels.shape[1]} (height x width) while "
+                    f"{paths[0]} is {shape[0]}x{shape[1]}; set data.image_size to resize every "
+                    "image to one size"
+                )
+            out[i - start] = pixels
+        return out
+
+    meter = Progress(label, len(paths), enabled=progress)
+    for chunk in ordered_chunks(work, list(range(0, len(paths), _CHUNK)), _THREADS):
+        meter.update(len(chunk))
+        yield chunk
+    meter.done()
 
 
 def decode_images(
@@ -151,7 +202,7 @@ def decode_images(
     if not paths:
         raise DataError(f"{label}: no image files to decode")
     # The expected shape; with no image_size, the first file's (sizes are checked after).
-    shape = (*as_hw(image_size), 3) if image_size else _decode(paths[0], None).shape
+    shape = image_shape(paths, image_size)
     out = np.empty((len(paths), *shape), dtype=np.uint8)
     sizes: list[tuple[int, int]] = [(0, 0)] * len(paths)
 

@@ -14,13 +14,16 @@ from typing import TextIO
 
 import numpy as np
 
+from edgekd.data.store import take_rows
+
 
 @dataclass
 class ImageSet:
-    """Images and integer labels held in memory.
+    """Images and integer labels: in memory, or on disk when the data is streamed.
 
     Attributes:
-        images: np.ndarray. (N, H, W, 3) uint8 RGB.
+        images: np.ndarray | DiskImages. (N, H, W, 3) uint8 RGB; a `DiskImages` store reads
+            only the rows a batch indexes.
         labels: np.ndarray. (N,) int32, an index into `class_names`.
         class_names: list[str]. The class names, in label order.
     """
@@ -56,9 +59,11 @@ class ImageSet:
         return int(self.images.shape[1]), int(self.images.shape[2])
 
     def subset(self, indices: np.ndarray) -> ImageSet:
-        """Return the images at `indices` (a copy), with the same class names."""
+        """Return the images at `indices` (a copy; a view that reads nothing on disk), with the
+        same class names."""
         indices = np.asarray(indices)
-        return ImageSet(self.images[indices], self.labels[indices], list(self.class_names))
+        images = take_rows(self.images, indices)
+        return ImageSet(images, self.labels[indices], list(self.class_names))
 
     def resized(self, image_size: ImageSize) -> ImageSet:
         """Return the set resized to `image_size` (bilinear, Pillow); self if equal."""

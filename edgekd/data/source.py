@@ -21,13 +21,23 @@ from edgekd.data.cache import (
     write_arrays,
 )
 from edgekd.data.cifar import cifar_file_stats, find_cifar_dir, load_cifar
-from edgekd.data.folder import decode_folder, scan_folder
+from edgekd.data.folder import (
+    FolderIndex,
+    chosen_files,
+    decode_chunks,
+    decode_folder,
+    scan_folder,
+)
 from edgekd.data.images import DECODER_VERSION
-from edgekd.data.imageset import ImageSet, ImageSize, as_hw
+from edgekd.data.imageset import ImageSet, ImageSize, as_hw, resize_images
 from edgekd.data.split import choose_per_class
+from edgekd.data.store import DiskImages, write_store
 from edgekd.data.tfds import load_tfds, tfds_file_stats
+from edgekd.errors import DataError
 
 SOURCE_KINDS = ("folder", "cifar", "tfds")
+PIPELINES = ("auto", "memory", "stream")
+_CIFAR_ROW_BYTES = 3073  # one label byte (CIFAR-10) and 32x32x3 pixels per image in a batch file
 
 _SPEC_FORMS = (
     "'folder:PATH' (one sub-folder of images per class), "
@@ -102,12 +112,15 @@ class Dataset:
             None for image folders.
         fingerprint: str. sha256 hex over the decoded content of train and test, so a run
             manifest can tell whether the data changed.
+        pipeline: str. "memory" (images held as numpy arrays) or "stream" (as `DiskImages`
+            in an on-disk store, read a batch at a time).
     """
 
     source: SourceSpec
     train: ImageSet
     test: ImageSet | None
     fingerprint: str
+    pipeline: str = "memory"
 
     @property
     def class_names(self) -> list[str]:
@@ -122,9 +135,15 @@ def fingerprint(train: ImageSet, test: ImageSet | None) -> str:
         if split is None:
             digest.update(f"{name}:none;".encode())
             continue
-        images = np.ascontiguousarray(split.images)
-        digest.update(f"{name}:{images.shape};".encode())
-        digest.update(memoryview(images).cast("B"))
+        digest.update(f"{name}:{tuple(split.images.shape)};".encode())
+        # Hashed a chunk at a time, so an on-disk store is never read into memory whole.
+        parts = (
+            split.images.chunks()
+            if isinstance(split.images, DiskImages)
+            else [np.ascontiguousarray(split.images)]
+        )
+        for part in parts:
+            digest.update(memoryview(part).cast("B"))
         digest.update(split.labels.astype("<i4").tobytes())
         digest.update(("\n".join(split.class_names) + ";").encode())
     return digest.hexdigest()
@@ -139,8 +158,10 @@ def load_source(
     cache_dir: str | Path | None = None,
     progress: bool = True,
     tfds_dir: str | Path | None = None,
+    pipeline: str = "memory",
+    memory_limit_gb: float = 4.0,
 ) -> Dataset:
-    """Load a data source into memory, decoding once and caching the arrays.
+    """Load a data source into memory or into an on-disk store, decoding once and caching.
 
     The decoded arrays are cached as one ``.npz`` file keyed by the spec, the source files
     (paths, sizes, mtimes), `limit_per_class`, `seed` and `image_size`, so the second load
@@ -162,6 +183,12 @@ def load_source(
             Defaults to True.
         tfds_dir: str | Path | None. TFDS data directory for ``tfds:`` sources. Defaults to
             ``$TFDS_DATA_DIR`` or TFDS's own default (``~/tensorflow_datasets``).
+        pipeline: str. "memory": the images as numpy arrays. "stream": decoded and resized
+            once, in parallel, into an on-disk store in the cache (``.stream`` folder), and
+            returned as `DiskImages` that read a batch at a time, so memory does not grow
+            with the data. "auto": "stream" when the decoded images would take more than
+            `memory_limit_gb`. Both give the same pixels. Defaults to "memory".
+        memory_limit_gb: float. The "auto" threshold. Defaults to 4.0.
 
     Returns:
         The `Dataset`.
@@ -177,6 +204,7 @@ def load_source(
     if image_size is not None and min(as_hw(image_size)) < 1:
         raise ValueError(f"image_size must be >= 1 or None, got {image_size}")
 
+    index = None
     if spec.kind == "folder":
         index = scan_folder(spec.location)
         files = index.file_stats()
@@ -197,7 +225,27 @@ def load_source(
         },
         files,
     )
-    path = cache_path(cache_dir if cache_dir is not None else default_cache_dir(), spec.kind, key)
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    if pipeline not in PIPELINES:
+        raise ValueError(f"pipeline must be one of {PIPELINES}, got {pipeline!r}")
+    if pipeline == "auto":
+        estimate = _decoded_bytes(spec, files, index, limit_per_class, seed, image_size)
+        too_big = estimate is not None and estimate > memory_limit_gb * 1e9
+        pipeline = "stream" if too_big else "memory"
+    if pipeline == "stream":
+        store = stream_path(root, spec.kind, key)
+        dataset = read_stream(spec, store)
+        if dataset is None:
+            if store.exists():  # a damaged entry of the cache (only whole stores are renamed in)
+                import shutil
+
+                shutil.rmtree(store, ignore_errors=True)
+            dataset = build_stream(
+                spec, store, index, limit_per_class, seed, image_size, progress, tfds_dir
+            )
+        return dataset
+
+    path = cache_path(root, spec.kind, key)
     cached = read_arrays(path)
     if cached is not None:
         dataset = _from_arrays(spec, cached)
@@ -227,6 +275,151 @@ def load_source(
     dataset = Dataset(spec, train, test, fingerprint(train, test))
     write_arrays(path, _to_arrays(dataset))
     return dataset
+
+
+def stream_path(cache_dir: Path, kind: str, key: str) -> Path:
+    """The folder of one streaming store: ``<cache_dir>/data-<kind>-<key>.stream``."""
+    return cache_path(cache_dir, kind, key).with_suffix(".stream")
+
+
+def _decoded_bytes(
+    spec: SourceSpec,
+    files: list,
+    index: FolderIndex | None,
+    limit_per_class: int | None,
+    seed: int,
+    image_size: ImageSize | None,
+) -> int | None:
+    """Bytes the decoded training images would take in memory, from the listing alone (one
+    image header read at most); None where that cannot be known before reading (TFDS)."""
+    if index is not None:
+        count = len(chosen_files(index, limit_per_class, seed))
+        if image_size is None:
+            from PIL import Image
+
+            with Image.open(index.root / index.files[0]) as first:
+                width, height = first.size
+        else:
+            height, width = as_hw(image_size)
+        return count * height * width * 3
+    if spec.kind == "cifar":
+        count = sum(size for _, size, _ in files) // _CIFAR_ROW_BYTES
+        height, width = as_hw(image_size) if image_size is not None else (32, 32)
+        return count * height * width * 3
+    return None
+
+
+_STORE_META = "meta.npz"
+
+
+def read_stream(spec: SourceSpec, store: Path) -> Dataset | None:
+    """The Dataset of a complete streaming store; None if it is missing or unreadable."""
+    meta = read_arrays(store / _STORE_META) if store.is_dir() else None
+    if meta is None:
+        return None
+    try:
+        class_names = [str(name) for name in meta["class_names"].tolist()]
+        splits = []
+        for split in ("train", "test"):
+            if f"{split}_labels" not in meta:
+                splits.append(None)
+                continue
+            images = DiskImages(store / f"{split}.npy")
+            splits.append(ImageSet(images, meta[f"{split}_labels"], class_names))
+        return Dataset(spec, splits[0], splits[1], str(meta["fingerprint"]), pipeline="stream")
+    except (KeyError, ValueError, DataError) as exc:
+        import sys
+
+        print(f"edgekd: ignoring damaged image store {store} ({exc}); rebuilding it",
+              file=sys.stderr)  # fmt: skip
+        return None
+
+
+def build_stream(
+    spec: SourceSpec,
+    store: Path,
+    index: FolderIndex | None,
+    limit_per_class: int | None,
+    seed: int,
+    image_size: ImageSize | None,
+    progress: bool,
+    tfds_dir: str | Path | None,
+) -> Dataset:
+    """Decode and resize a source once into the streaming store `store`, a split at a time.
+
+    An image folder is decoded on a thread pool a chunk at a time, straight to disk. CIFAR and
+    TFDS splits are read as their readers give them, then resized to disk a chunk at a time.
+    The store is built in a temporary folder renamed when whole: an interrupted build leaves
+    nothing that a later load would take for a store.
+    """
+    import shutil
+    import tempfile
+
+    store.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=store.parent, prefix=store.name + ".", suffix=".tmp"))
+    try:
+        meta: dict[str, np.ndarray] = {}
+        if index is not None:
+            chosen = chosen_files(index, limit_per_class, seed)
+            paths = [index.root / index.files[i] for i in chosen]
+            chunks = decode_chunks(paths, image_size=image_size, progress=progress,
+                                   label=f"decoding {index.root} to {store.name}")  # fmt: skip
+            first = next(chunks)
+            write_store(tmp / "train.npy", (len(paths), *first.shape[1:]), _chain(first, chunks))
+            meta["train_labels"] = index.labels[chosen]
+            class_names = list(index.class_names)
+        else:
+            if spec.kind == "cifar":
+                train, test = load_cifar(spec.location)
+            else:
+                train, test = load_tfds(spec.location, data_dir=tfds_dir, progress=progress)
+            class_names = list(train.class_names)
+            for name, split in (("train", train), ("test", test)):
+                split = _limit_and_resize(split, limit_per_class, seed, None)
+                if split is None:
+                    continue
+                size = as_hw(image_size) if image_size is not None else split.image_size
+                write_store(tmp / f"{name}.npy", (len(split), *size, 3),
+                            _resized_chunks(split.images, image_size))  # fmt: skip
+                meta[f"{name}_labels"] = split.labels
+            del train, test
+        sets = [
+            ImageSet(DiskImages(tmp / f"{name}.npy"), meta[f"{name}_labels"], class_names)
+            if f"{name}_labels" in meta
+            else None
+            for name in ("train", "test")
+        ]
+        meta["class_names"] = np.array(class_names, dtype=str)
+        meta["fingerprint"] = np.array(fingerprint(sets[0], sets[1]))
+        del sets
+        if not write_arrays(tmp / _STORE_META, meta):
+            raise DataError(f"cannot write the image store {store}; set data.cache_dir or "
+                            "EDGEKD_CACHE to a writable folder with room for it")  # fmt: skip
+        try:
+            os.replace(tmp, store)
+        except OSError:  # another process finished the same store first: use theirs
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    dataset = read_stream(spec, store)
+    if dataset is None:
+        raise DataError(f"the image store {store} just written cannot be read back")
+    return dataset
+
+
+def _chain(first: np.ndarray, rest):
+    yield first
+    yield from rest
+
+
+def _resized_chunks(images: np.ndarray, image_size: ImageSize | None, size: int = 1024):
+    """`images` a chunk at a time, resized (as `ImageSet.resized`) when `image_size` differs."""
+    for start in range(0, len(images), size):
+        chunk = images[start : start + size]
+        if image_size is not None and chunk.shape[1:3] != as_hw(image_size):
+            chunk = resize_images(chunk, image_size)
+        yield chunk
 
 
 def _limit_and_resize(

@@ -75,7 +75,8 @@ def _train_stages(
 ) -> None:
     log(
         f"edgekd: run {run.path} | data {data.source} ({len(data.train)} train / "
-        f"{len(data.val)} val, {len(data.class_names)} classes) | {accel.describe()}"
+        f"{len(data.val)} val, {len(data.class_names)} classes, {_pipeline_text(data)}) | "
+        f"{accel.describe()}"
     )
     run.begin(recipe.to_dict(), recipe.source, data.summary())
     ctx = StageContext(recipe=recipe, data=data, accel=accel, run=run, verbose=verbose, log=log)
@@ -126,3 +127,10 @@ def _headline(metrics: dict) -> str:
     if metrics.get("images_per_s"):
         parts.append(f"{metrics['images_per_s']:.0f} img/s")
     return ", ".join(parts)
+
+
+def _pipeline_text(data: PreparedData) -> str:
+    """How batches reach the model: from memory, or streamed from the on-disk store."""
+    if data.pipeline == "stream":
+        return f"streamed from {data.train.images.path.parent}"
+    return "in memory"

@@ -20,6 +20,7 @@ import numpy as np
 
 from edgekd import atomic
 from edgekd.data import ImageSet
+from edgekd.data.store import take_rows
 from edgekd.maths.specialist import dustbin_correction, specialist_labels, specialist_metrics
 from edgekd.training.models import build_model, inherits
 from edgekd.training.stages.base import (
@@ -95,12 +96,12 @@ class SpecialistsStage(Stage):
         else:
             keep = np.flatnonzero(in_group)
             batches = ImageBatches(
-                data.train.images[keep], labels[keep], batch_size=cfg.batch_size, shuffle=True,
-                augment=augment_of(ctx), seed=recipe.seed + m, drop_remainder=True,
+                take_rows(data.train.images, keep), labels[keep], batch_size=cfg.batch_size,
+                shuffle=True, augment=augment_of(ctx), seed=recipe.seed + m, drop_remainder=True,
             )  # fmt: skip
             vkeep = np.flatnonzero(np.isin(val.labels, group))
             val_set = ImageSet(
-                val.images[vkeep], specialist_labels(val.labels[vkeep], group, k), []
+                take_rows(val.images, vkeep), specialist_labels(val.labels[vkeep], group, k), []
             )
         outputs = len(group) + int(cfg.dustbin)
 
