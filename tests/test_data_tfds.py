@@ -134,3 +134,30 @@ def test_varied_gray_dataset_needs_image_size(tmp_path):
     assert ds.test is None
     assert ds.train.images.shape == (6, 5, 5, 3)
     assert (ds.train.images[..., 0] == ds.train.images[..., 2]).all()  # gray -> RGB
+
+
+@pytest.mark.parametrize(
+    ("builder", "name", "kwargs"),
+    [
+        (EdgekdToyFixed, "edgekd_toy_fixed", {}),
+        (EdgekdToyFixed, "edgekd_toy_fixed", {"limit_per_class": 2, "image_size": (5, 6)}),
+        (EdgekdToyVaried, "edgekd_toy_varied", {"image_size": 7}),
+    ],
+    ids=["fixed", "fixed-limited-resized", "varied-gray"],
+)
+def test_tfds_streams_the_same_data_as_memory(tmp_path, builder, name, kwargs):
+    """Through the same chunked reader, into the on-disk store: the same pixels and labels."""
+    from edgekd.data.store import DiskImages
+
+    builder(data_dir=str(tmp_path / "tfds")).download_and_prepare()
+    common = {"tfds_dir": tmp_path / "tfds", "cache_dir": tmp_path / "cache", "progress": False}
+    memory = load_source(f"tfds:{name}", pipeline="memory", **common, **kwargs)
+    stream = load_source(f"tfds:{name}", pipeline="stream", **common, **kwargs)
+    assert isinstance(stream.train.images, DiskImages)
+    assert stream.fingerprint == memory.fingerprint
+    for got, want in ((stream.train, memory.train), (stream.test, memory.test)):
+        if want is None:
+            assert got is None
+            continue
+        np.testing.assert_array_equal(got.images[:], want.images)
+        np.testing.assert_array_equal(got.labels, want.labels)

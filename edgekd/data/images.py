@@ -7,6 +7,7 @@ colour the transparent pixels happen to hold, so those modes are handled here.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -64,14 +65,26 @@ def read_rgb(path: str | Path, size: tuple[int, int] | None = None) -> np.ndarra
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{p}: no such image file")
+    return _open_rgb(p, p, size)
+
+
+def decode_rgb(data: bytes, where: str, size: tuple[int, int] | None = None) -> np.ndarray:
+    """Encoded image bytes (a TFRecord's ``image/encoded``) as `read_rgb` reads a file;
+    errors name `where`."""
+    return _open_rgb(io.BytesIO(data), where, size)
+
+
+def _open_rgb(
+    file: Path | io.BytesIO, where: str | Path, size: tuple[int, int] | None
+) -> np.ndarray:
     try:
-        with Image.open(p) as image:
+        with Image.open(file) as image:
             image.load()
-            rgb = to_rgb(image, p)
+            rgb = to_rgb(image, where)
     except DataError:
         raise
     except Exception as exc:  # Pillow raises OSError, ValueError, SyntaxError, ...
-        raise DataError(f"{p}: cannot read image ({type(exc).__name__}: {exc})") from None
+        raise DataError(f"{where}: cannot read image ({type(exc).__name__}: {exc})") from None
     if size is not None and rgb.shape[:2] != tuple(size):
         resized = Image.fromarray(rgb).resize((size[1], size[0]), Image.Resampling.BILINEAR)
         rgb = np.asarray(resized, np.uint8)

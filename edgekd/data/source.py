@@ -32,24 +32,28 @@ from edgekd.data.images import DECODER_VERSION
 from edgekd.data.imageset import ImageSet, ImageSize, as_hw, resize_images
 from edgekd.data.split import choose_per_class
 from edgekd.data.store import DiskImages, write_store
-from edgekd.data.tfds import load_tfds, tfds_file_stats
+from edgekd.data.tfds import TfdsSource, open_tfds, tfds_file_stats
+from edgekd.data.tfrecord import TFRecordSource, open_tfrecord, tfrecord_file_stats
 from edgekd.errors import DataError
 
-SOURCE_KINDS = ("folder", "cifar", "tfds")
+SOURCE_KINDS = ("folder", "cifar", "tfds", "tfrecord")
 PIPELINES = ("auto", "memory", "stream")
+ChunkedSource = TfdsSource | TFRecordSource  # sources read a chunk at a time, in order
 _CIFAR_ROW_BYTES = 3073  # one label byte (CIFAR-10) and 32x32x3 pixels per image in a batch file
 
 _SPEC_FORMS = (
     "'folder:PATH' (one sub-folder of images per class), "
     "'cifar:PATH' (a CIFAR-10/100 python-version folder), "
     "'tfds:NAME' (a TensorFlow Datasets name, e.g. tfds:cifar10), "
+    "'tfrecord:GLOB' (TFRecord shards of tf.train.Example images, e.g. tfrecord:data/train-*), "
     "or a bare PATH (CIFAR batches are detected, anything else is read as a folder)"
 )
 
 
 @dataclass(frozen=True)
 class SourceSpec:
-    """Where a dataset comes from: a kind ("folder", "cifar", "tfds") and a path or TFDS name."""
+    """Where a dataset comes from: a kind ("folder", "cifar", "tfds", "tfrecord") and a path,
+    TFDS name or glob of shards."""
 
     kind: str
     location: str
@@ -210,8 +214,19 @@ def load_source(
         files = index.file_stats()
     elif spec.kind == "cifar":
         files = cifar_file_stats(spec.location)
+    elif spec.kind == "tfrecord":
+        files = tfrecord_file_stats(spec.location)
     else:
         files = tfds_file_stats(spec.location, data_dir=tfds_dir)
+    opened: list[ChunkedSource] = []  # a TFDS or TFRecord source, opened once when needed
+
+    def chunked() -> ChunkedSource:
+        if not opened:
+            if spec.kind == "tfds":
+                opened.append(open_tfds(spec.location, data_dir=tfds_dir))
+            else:
+                opened.append(open_tfrecord(spec.location))
+        return opened[0]
 
     key = cache_key(
         {
@@ -221,7 +236,7 @@ def load_source(
             "limit_per_class": limit_per_class,
             "seed": seed if limit_per_class is not None else 0,
             "image_size": image_size,
-            "decoder": DECODER_VERSION if spec.kind == "folder" else None,
+            "decoder": DECODER_VERSION if spec.kind in ("folder", "tfrecord") else None,
         },
         files,
     )
@@ -229,7 +244,8 @@ def load_source(
     if pipeline not in PIPELINES:
         raise ValueError(f"pipeline must be one of {PIPELINES}, got {pipeline!r}")
     if pipeline == "auto":
-        estimate = _decoded_bytes(spec, files, index, limit_per_class, seed, image_size)
+        source = chunked() if spec.kind in ("tfds", "tfrecord") else None
+        estimate = _decoded_bytes(spec, files, index, source, limit_per_class, seed, image_size)
         too_big = estimate is not None and estimate > memory_limit_gb * 1e9
         pipeline = "stream" if too_big else "memory"
     if pipeline == "stream":
@@ -240,8 +256,9 @@ def load_source(
                 import shutil
 
                 shutil.rmtree(store, ignore_errors=True)
+            source = chunked() if spec.kind in ("tfds", "tfrecord") else None
             dataset = build_stream(
-                spec, store, index, limit_per_class, seed, image_size, progress, tfds_dir
+                spec, store, index, source, limit_per_class, seed, image_size, progress
             )
         return dataset
 
@@ -265,9 +282,7 @@ def load_source(
         if spec.kind == "cifar":
             train, test = load_cifar(spec.location)
         else:
-            train, test = load_tfds(
-                spec.location, data_dir=tfds_dir, image_size=image_size, progress=progress
-            )
+            train, test = _read_chunked(chunked(), image_size, progress)
         train, test = (
             _limit_and_resize(split, limit_per_class, seed, image_size) for split in (train, test)
         )
@@ -286,12 +301,13 @@ def _decoded_bytes(
     spec: SourceSpec,
     files: list,
     index: FolderIndex | None,
+    source: ChunkedSource | None,
     limit_per_class: int | None,
     seed: int,
     image_size: ImageSize | None,
-) -> int | None:
-    """Bytes the decoded training images would take in memory, from the listing alone (one
-    image header read at most); None where that cannot be known before reading (TFDS)."""
+) -> int:
+    """Bytes the decoded training images would take in memory, from the listing (one image
+    header read at most) or the TFDS / TFRecord source's counts and first image."""
     if index is not None:
         count = len(chosen_files(index, limit_per_class, seed))
         if image_size is None:
@@ -306,7 +322,11 @@ def _decoded_bytes(
         count = sum(size for _, size, _ in files) // _CIFAR_ROW_BYTES
         height, width = as_hw(image_size) if image_size is not None else (32, 32)
         return count * height * width * 3
-    return None
+    assert source is not None
+    count = source.splits["train"]
+    if limit_per_class is not None:
+        count = min(count, limit_per_class * len(source.class_names))
+    return count * int(np.prod(source.image_shape(image_size)))
 
 
 _STORE_META = "meta.npz"
@@ -319,13 +339,7 @@ def read_stream(spec: SourceSpec, store: Path) -> Dataset | None:
         return None
     try:
         class_names = [str(name) for name in meta["class_names"].tolist()]
-        splits = []
-        for split in ("train", "test"):
-            if f"{split}_labels" not in meta:
-                splits.append(None)
-                continue
-            images = DiskImages(store / f"{split}.npy")
-            splits.append(ImageSet(images, meta[f"{split}_labels"], class_names))
+        splits = [_stored_split(store, split, meta, class_names) for split in ("train", "test")]
         return Dataset(spec, splits[0], splits[1], str(meta["fingerprint"]), pipeline="stream")
     except (KeyError, ValueError, DataError) as exc:
         import sys
@@ -335,20 +349,32 @@ def read_stream(spec: SourceSpec, store: Path) -> Dataset | None:
         return None
 
 
+def _stored_split(
+    store: Path, split: str, meta: dict[str, np.ndarray], class_names: list[str]
+) -> ImageSet | None:
+    """One split of a store: its rows (all, or the `<split>_rows` chosen) and labels."""
+    if f"{split}_labels" not in meta:
+        return None
+    images = DiskImages(store / f"{split}.npy", rows=meta.get(f"{split}_rows"))
+    return ImageSet(images, meta[f"{split}_labels"], class_names)
+
+
 def build_stream(
     spec: SourceSpec,
     store: Path,
     index: FolderIndex | None,
+    source: ChunkedSource | None,
     limit_per_class: int | None,
     seed: int,
     image_size: ImageSize | None,
     progress: bool,
-    tfds_dir: str | Path | None,
 ) -> Dataset:
     """Decode and resize a source once into the streaming store `store`, a split at a time.
 
-    An image folder is decoded on a thread pool a chunk at a time, straight to disk. CIFAR and
-    TFDS splits are read as their readers give them, then resized to disk a chunk at a time.
+    An image folder is decoded on a thread pool a chunk at a time, straight to disk; a TFDS
+    or TFRecord split is read through `tf.data` a chunk at a time, straight to disk (with
+    `limit_per_class`, the store keeps every image and the split is a view of the chosen
+    rows). CIFAR batches (small by nature) are read whole, then resized to disk in chunks.
     The store is built in a temporary folder renamed when whole: an interrupted build leaves
     nothing that a later load would take for a store.
     """
@@ -368,11 +394,8 @@ def build_stream(
             write_store(tmp / "train.npy", (len(paths), *first.shape[1:]), _chain(first, chunks))
             meta["train_labels"] = index.labels[chosen]
             class_names = list(index.class_names)
-        else:
-            if spec.kind == "cifar":
-                train, test = load_cifar(spec.location)
-            else:
-                train, test = load_tfds(spec.location, data_dir=tfds_dir, progress=progress)
+        elif spec.kind == "cifar":
+            train, test = load_cifar(spec.location)
             class_names = list(train.class_names)
             for name, split in (("train", train), ("test", test)):
                 split = _limit_and_resize(split, limit_per_class, seed, None)
@@ -383,12 +406,25 @@ def build_stream(
                             _resized_chunks(split.images, image_size))  # fmt: skip
                 meta[f"{name}_labels"] = split.labels
             del train, test
-        sets = [
-            ImageSet(DiskImages(tmp / f"{name}.npy"), meta[f"{name}_labels"], class_names)
-            if f"{name}_labels" in meta
-            else None
-            for name in ("train", "test")
-        ]
+        else:
+            assert source is not None
+            class_names = list(source.class_names)
+            shape = source.image_shape(image_size)
+            for name, count in source.splits.items():
+                labels: list[np.ndarray] = []
+
+                def images(name=name, labels=labels):
+                    for chunk, chunk_labels in source.chunks(name, image_size, progress):
+                        labels.append(chunk_labels)
+                        yield chunk
+
+                write_store(tmp / f"{name}.npy", (count, *shape), images())
+                meta[f"{name}_labels"] = np.concatenate(labels)
+                if limit_per_class is not None:  # the store keeps all; the view the choice
+                    rows = choose_per_class(meta[f"{name}_labels"], limit_per_class, seed)
+                    meta[f"{name}_rows"] = rows
+                    meta[f"{name}_labels"] = meta[f"{name}_labels"][rows]
+        sets = [_stored_split(tmp, name, meta, class_names) for name in ("train", "test")]
         meta["class_names"] = np.array(class_names, dtype=str)
         meta["fingerprint"] = np.array(fingerprint(sets[0], sets[1]))
         del sets
@@ -406,6 +442,22 @@ def build_stream(
     if dataset is None:
         raise DataError(f"the image store {store} just written cannot be read back")
     return dataset
+
+
+def _read_chunked(
+    source: ChunkedSource, image_size: ImageSize | None, progress: bool
+) -> tuple[ImageSet, ImageSet | None]:
+    """(train, test) of a TFDS or TFRecord source, in memory."""
+    sets: list[ImageSet | None] = []
+    for split in ("train", "test"):
+        if split not in source.splits:
+            sets.append(None)
+            continue
+        parts = list(source.chunks(split, image_size, progress))
+        images = np.concatenate([images for images, _ in parts])
+        labels = np.concatenate([labels for _, labels in parts])
+        sets.append(ImageSet(images, labels, source.class_names))
+    return sets[0], sets[1]
 
 
 def _chain(first: np.ndarray, rest):

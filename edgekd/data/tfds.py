@@ -1,4 +1,4 @@
-"""TensorFlow Datasets sources, loaded into numpy arrays.
+"""TensorFlow Datasets sources, read a chunk at a time into numpy arrays.
 
 `tensorflow_datasets` (and through it TensorFlow) is imported inside the functions that need
 it, so the rest of edgekd runs where neither is installed. A dataset that is not prepared yet
@@ -15,13 +15,15 @@ import socket
 import threading
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edgekd.data.cache import FileStat
-from edgekd.data.imageset import ImageSet, ImageSize, Progress, as_hw, resize_images
+from edgekd.data.imageset import ImageSize, Progress, as_hw, resize_images
 from edgekd.errors import DataError
 
 CONNECT_TIMEOUT_S = 3.0
@@ -58,25 +60,69 @@ def tfds_file_stats(name: str, *, data_dir: str | Path | None = None) -> list[Fi
     return stats
 
 
-def load_tfds(
-    name: str,
-    *,
-    data_dir: str | Path | None = None,
-    image_size: ImageSize | None = None,
-    progress: bool = True,
-) -> tuple[ImageSet, ImageSet | None]:
-    """Load a TFDS image classification dataset as (train, test) ImageSets.
+@dataclass
+class TfdsSource:
+    """A prepared TFDS image classification dataset, ready to read a split at a time."""
 
-    Args:
-        name: str. TFDS name, optionally with config and version, e.g. ``"cifar10"``.
-        data_dir: str | Path | None. TFDS data directory. Defaults to ``$TFDS_DATA_DIR`` or
-            ``~/tensorflow_datasets``.
-        image_size: ImageSize | None. Resize to one side or (height, width) while reading
-            (needed for datasets whose images differ in size). Defaults to None.
-        progress: bool. Print a progress line to stderr. Defaults to True.
+    name: str
+    builder: Any
+    class_names: list[str]
+    splits: dict[str, int]  # "train" and, if there is one, "test": number of examples
+    static_shape: tuple  # the image feature's shape; None where sizes vary
 
-    Returns:
-        (train, test); test is None when the dataset has no "test" split.
+    def image_shape(self, image_size: ImageSize | None) -> tuple[int, int, int]:
+        """(H, W, 3) of the images read with `image_size`; DataError if sizes vary and no
+        `image_size` is given."""
+        if image_size is not None:
+            return (*as_hw(image_size), 3)
+        if None in self.static_shape[:2]:
+            raise DataError(
+                f"TFDS dataset {self.name!r} has images of different sizes; set "
+                "data.image_size to resize them to one size"
+            )
+        return (int(self.static_shape[0]), int(self.static_shape[1]), 3)
+
+    def chunks(
+        self, split: str, image_size: ImageSize | None, progress: bool = True, size: int = 1024
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(images, labels) of `split` in order, `size` at a time: (k, H, W, 3) uint8 RGB,
+        resized (Pillow, bilinear) to `image_size` where it differs; memory stays bounded."""
+        import tensorflow_datasets as tfds
+        from PIL import Image
+
+        shape = self.image_shape(image_size)
+        meter = Progress(f"reading tfds:{self.name} {split}", self.splits[split], enabled=progress)
+        fixed = None not in self.static_shape
+        dataset = self.builder.as_dataset(
+            split=split, as_supervised=True, batch_size=size if fixed else None
+        )
+        pending_images: list[np.ndarray] = []
+        pending_labels: list[int] = []
+        for images, labels in tfds.as_numpy(dataset):
+            if fixed:
+                images = _to_rgb(np.asarray(images))
+                if images.shape[1:] != shape:
+                    images = resize_images(images, shape[:2])
+                meter.update(len(images))
+                yield images, np.asarray(labels, np.int32)
+                continue
+            pil = Image.fromarray(_to_rgb(images))
+            if pil.size != (shape[1], shape[0]):
+                pil = pil.resize((shape[1], shape[0]), Image.Resampling.BILINEAR)
+            pending_images.append(np.asarray(pil))
+            pending_labels.append(int(labels))
+            if len(pending_images) == size:
+                meter.update(size)
+                yield np.stack(pending_images), np.asarray(pending_labels, np.int32)
+                pending_images, pending_labels = [], []
+        if pending_images:
+            meter.update(len(pending_images))
+            yield np.stack(pending_images), np.asarray(pending_labels, np.int32)
+        meter.done()
+
+
+def open_tfds(name: str, *, data_dir: str | Path | None = None) -> TfdsSource:
+    """Open a TFDS image classification dataset, preparing it first if need be.
 
     Raises:
         DataError: tensorflow_datasets is missing, the name is unknown, the dataset is not
@@ -113,23 +159,9 @@ def load_tfds(
             f"TFDS dataset {name!r} has no 'train' split (it has {', '.join(splits)}); "
             "use a dataset with a train split"
         )
-    static_shape = builder.info.features[image_key].shape
-    read = _read_batched if None not in static_shape else _read_one_by_one
-    sets = []
-    for split in ("train", "test"):
-        if split not in splits:
-            sets.append(None)
-            continue
-        label = f"reading tfds:{name} {split}"
-        images, labels = read(
-            builder,
-            split,
-            name,
-            image_size,
-            Progress(label, splits[split].num_examples, enabled=progress),
-        )
-        sets.append(ImageSet(images, labels, class_names))
-    return sets[0], sets[1]
+    counts = {split: splits[split].num_examples for split in ("train", "test") if split in splits}
+    shape = tuple(builder.info.features[image_key].shape)
+    return TfdsSource(name, builder, class_names, counts, shape)
 
 
 def _prepare(builder: Any, name: str, data_dir: Path) -> None:
@@ -215,44 +247,3 @@ def _to_rgb(images: np.ndarray) -> np.ndarray:
     elif channels == 4:
         images = images[..., :3]
     return np.ascontiguousarray(images, dtype=np.uint8)
-
-
-def _read_batched(
-    builder: Any, split: str, name: str, image_size: ImageSize | None, meter: Progress
-) -> tuple[np.ndarray, np.ndarray]:
-    """Read a split of fixed-size images in one batch."""
-    import tensorflow_datasets as tfds
-
-    dataset = builder.as_dataset(split=split, as_supervised=True, batch_size=-1)
-    images, labels = tfds.as_numpy(dataset)
-    meter.update(len(labels))
-    meter.done()
-    images = _to_rgb(np.asarray(images))
-    if image_size is not None and images.shape[1:3] != as_hw(image_size):
-        images = resize_images(images, image_size)
-    return images, np.asarray(labels, np.int32)
-
-
-def _read_one_by_one(
-    builder: Any, split: str, name: str, image_size: ImageSize | None, meter: Progress
-) -> tuple[np.ndarray, np.ndarray]:
-    """Read a split of images that differ in size, resizing each as it arrives."""
-    import tensorflow_datasets as tfds
-    from PIL import Image
-
-    if image_size is None:
-        raise DataError(
-            f"TFDS dataset {name!r} has images of different sizes; set data.image_size to "
-            "resize them to one size"
-        )
-    images, labels = [], []
-    for image, label in tfds.as_numpy(builder.as_dataset(split=split, as_supervised=True)):
-        pil = Image.fromarray(_to_rgb(image))
-        height, width = as_hw(image_size)
-        if pil.size != (width, height):
-            pil = pil.resize((width, height), Image.Resampling.BILINEAR)
-        images.append(np.asarray(pil))
-        labels.append(int(label))
-        meter.update(1)
-    meter.done()
-    return np.stack(images), np.asarray(labels, np.int32)

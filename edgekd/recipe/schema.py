@@ -93,7 +93,9 @@ class DataConfig(_Section):
     """Where images come from and how validation is split off the training data."""
 
     path: str = Field(
-        ..., min_length=1, description="folder:PATH | cifar:PATH | tfds:NAME | PATH (autodetect)"
+        ...,
+        min_length=1,
+        description="folder:PATH | cifar:PATH | tfds:NAME | tfrecord:GLOB | PATH (autodetect)",
     )
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="seeded, stratified split")
     limit_per_class: int | None = Field(None, ge=1, description="cap per class for quick runs")
