@@ -145,13 +145,15 @@ def test_streamed_batches_equal_in_memory_batches(tmp_path, augment):
     kwargs = {"batch_size": 6, "shuffle": True, "augment": augment, "seed": 11}
     a = ImageBatches(train_m.images, train_m.labels, **kwargs)
     b = ImageBatches(train_s.images, train_s.labels, **kwargs)
-    assert b.workers > 1 and a.workers == 1  # streamed batches are prepared on threads
+    assert b.prefetch > 0 and a.prefetch == 0  # streamed batches are made ahead on threads
     for epoch in (0, 1, 5):
         a.epoch = b.epoch = epoch
         for i in range(len(a)):
             (xa, ya), (xb, yb) = a[i], b[i]
             np.testing.assert_array_equal(xa, xb)
             np.testing.assert_array_equal(ya, yb)
+    for i in (3, 0, 2, 2):  # out of order, repeated: made on the spot, the same
+        np.testing.assert_array_equal(a[i][0], b[i][0])
     group = train_m.labels == 1
     ea = EnrichedBatches(train_m.images, train_m.labels, in_group=group, share=0.5, **kwargs)
     eb = EnrichedBatches(train_s.images, train_s.labels, in_group=group, share=0.5, **kwargs)
@@ -208,3 +210,49 @@ def test_the_store_lives_in_the_cache_named_by_the_cache_key(tmp_path):
     folder = stream.train.images.path.parent
     assert folder.parent == tmp_path / "cache" and folder.suffix == ".stream"
     assert stream_path(tmp_path / "cache", "folder", folder.stem.split("-", 2)[2]) == folder
+
+
+def test_jax_fit_on_streamed_batches_equals_fit_in_memory(tmp_path):
+    """On JAX, two epochs of `fit` from the on-disk store (batches made ahead on threads)
+    leave the weights two epochs from memory leave."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    root = tmp_path / "images"
+    write_folder(root, {"a": 10, "b": 10, "c": 10}, size=(12, 12))
+    script = textwrap.dedent(
+        f"""
+        import sys
+        import numpy as np
+        import keras
+        from edgekd.data import Augment, ImageBatches, load_source
+        weights = {{}}
+        for pipeline in ("memory", "stream"):
+            ds = load_source({str(root)!r}, cache_dir={str(tmp_path / "cache")!r},
+                             pipeline=pipeline, progress=False)
+            batches = ImageBatches(ds.train.images, ds.train.labels, batch_size=8, shuffle=True,
+                                   augment=Augment(crop_padding=2, cutout=3), seed=4,
+                                   drop_remainder=True)
+            keras.utils.set_random_seed(0)
+            model = keras.Sequential([keras.Input((12, 12, 3)), keras.layers.Rescaling(1 / 255),
+                                      keras.layers.Conv2D(4, 3), keras.layers.Flatten(),
+                                      keras.layers.Dense(3)])
+            model.compile(optimizer=keras.optimizers.SGD(0.1),
+                          loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+            model.fit(batches, epochs=2, shuffle=False, verbose=0)
+            weights[pipeline] = [np.asarray(w) for w in model.get_weights()]
+            print(pipeline, type(ds.train.images).__name__, batches.prefetch > 0)
+        for a, b in zip(weights["memory"], weights["stream"], strict=True):
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+        print("same weights")
+        """
+    )
+    env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(Path(__file__).parents[1])}
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "stream DiskImages True" in result.stdout
+    assert "same weights" in result.stdout

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from dataclasses import dataclass
+from typing import Any
 
 import keras
 import numpy as np
@@ -29,7 +31,8 @@ _AUGMENT_STREAM = 0x4155474D  # "AUGM"
 
 PADDING_MODES = ("reflect", "constant")
 CROPS = ("pad", "resized")
-STREAM_WORKERS = max(2, min(4, os.cpu_count() or 2))  # batch threads over streamed images
+STREAM_WORKERS = max(2, min(4, os.cpu_count() or 2))  # threads making batches ahead
+STREAM_PREFETCH = 2 * STREAM_WORKERS  # batches made ahead when images come from disk
 RESIZED_CROP_TRIES = 10  # candidate boxes drawn per image, as torchvision's RandomResizedCrop
 
 
@@ -222,8 +225,7 @@ class ImageBatches(keras.utils.PyDataset):
 
     Args:
         images: np.ndarray | DiskImages. (N, H, W, C) images, usually uint8; from an on-disk
-            store (the streaming pipeline), each batch reads only its rows, on
-            `STREAM_WORKERS` threads unless `workers` is given.
+            store (the streaming pipeline), each batch reads only its rows.
         labels: np.ndarray | None. (N,) integer labels; None yields only x (predict).
         batch_size: int. Images per batch.
         shuffle: bool. Shuffle the images each epoch. Defaults to False.
@@ -231,6 +233,12 @@ class ImageBatches(keras.utils.PyDataset):
         seed: int. Seed of shuffle and augmentation (>= 0). Defaults to 0.
         epoch: int. Epoch the next batches belong to. Defaults to 0.
         drop_remainder: bool. Drop the last, smaller batch. Defaults to False.
+        prefetch: int | None. Batches of the epoch made ahead, on `STREAM_WORKERS` threads,
+            when batches are asked for in order (as `fit` does); 0 = none. Batches stay a
+            function of (seed, epoch, index), so this changes speed only. Defaults to None:
+            `STREAM_PREFETCH` for images on disk, 0 in memory. Keras' own `workers` would
+            prefetch too, but fetch whole epochs during `fit`'s one-batch build pass and so
+            advance `epoch` early.
         **kwargs: `workers` and `max_queue_size` of `keras.utils.PyDataset` (worker threads;
             multiprocessing would copy the arrays into every process and is refused).
 
@@ -250,6 +258,7 @@ class ImageBatches(keras.utils.PyDataset):
         seed: int = 0,
         epoch: int = 0,
         drop_remainder: bool = False,
+        prefetch: int | None = None,
         **kwargs,
     ) -> None:
         if kwargs.get("use_multiprocessing"):
@@ -257,11 +266,7 @@ class ImageBatches(keras.utils.PyDataset):
                 "ImageBatches holds its images in memory: use worker threads (workers=N), "
                 "not use_multiprocessing=True, which would copy them into every process"
             )
-        if isinstance(images, DiskImages):
-            # Reading and augmenting a batch from disk takes a while at large sizes: prepare
-            # batches ahead on worker threads (the file reads and numpy release the GIL).
-            kwargs.setdefault("workers", STREAM_WORKERS)
-        else:
+        if not isinstance(images, DiskImages):
             images = np.asarray(images)
         super().__init__(**kwargs)
         if images.ndim != 4:
@@ -288,6 +293,16 @@ class ImageBatches(keras.utils.PyDataset):
         self.augment = augment
         self.seed = seed
         self.drop_remainder = drop_remainder
+        self.prefetch = (
+            STREAM_PREFETCH
+            if prefetch is None and isinstance(images, DiskImages)
+            else (prefetch or 0)
+        )
+        if self.prefetch < 0:
+            raise ValueError(f"prefetch must be >= 0, got {prefetch}")
+        self._pool = None
+        self._ahead: dict[tuple[int, int], Any] = {}
+        self._lock = threading.Lock()
         self._order_cache: tuple[int, np.ndarray] | None = None
         self.epoch = epoch
 
@@ -326,17 +341,38 @@ class ImageBatches(keras.utils.PyDataset):
         if not 0 <= index < len(self):
             raise IndexError(f"batch index {index} out of range for {len(self)} batches")
         epoch = self._epoch
+        batch = self._prefetched(epoch, index) if self.prefetch else self.make_batch(epoch, index)
+        if epoch == self._epoch:  # not set to another epoch meanwhile
+            self._served[index] = True
+        return batch
+
+    def make_batch(self, epoch: int, index: int):
+        """Batch `index` of `epoch`: x, or (x, labels). A pure function of (seed, epoch, index)."""
         chosen = self.order(epoch)[index * self.batch_size : (index + 1) * self.batch_size]
         x = self.images[chosen]
         if self.augment is not None:
             rng = np.random.default_rng([_AUGMENT_STREAM, self.seed, epoch, index])
             x = self.augment(x, rng)
         x = x.astype(np.float32)
-        if epoch == self._epoch:  # not set to another epoch meanwhile
-            self._served[index] = True
         if self.labels is None:
             return x
         return x, self.labels[chosen]
+
+    def _prefetched(self, epoch: int, index: int):
+        """Batch `index`, made ahead on a worker thread if it was asked for in order; the
+        next `prefetch` batches of the epoch are started before this one is awaited."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(STREAM_WORKERS, thread_name_prefix="edgekd-batch")
+            future = self._ahead.pop((epoch, index), None)
+            for stale in [k for k in self._ahead if k[0] != epoch or k[1] < index]:
+                self._ahead.pop(stale).cancel()
+            for nxt in range(index + 1, min(index + 1 + self.prefetch, len(self))):
+                if (epoch, nxt) not in self._ahead:
+                    self._ahead[(epoch, nxt)] = self._pool.submit(self.make_batch, epoch, nxt)
+        return future.result() if future is not None else self.make_batch(epoch, index)
 
     def on_epoch_begin(self) -> None:
         """Mark that Keras started an epoch (see `on_epoch_end`)."""
