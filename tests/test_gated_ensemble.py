@@ -159,3 +159,17 @@ def test_call_is_the_fused_probabilities_and_macs_follow_activation(ensemble, im
     assert called.shape == (6, 5) and np.allclose(called.sum(1), 1.0, atol=1e-5)
     zeros = ensemble(np.zeros((3, 8, 8, 3), np.uint8))
     np.testing.assert_allclose(zeros, np.repeat(zeros[:1], 3, axis=0), atol=1e-6)  # same image
+
+
+def test_images_on_disk_are_predicted_in_chunks_alike(ensemble, images, tmp_path, monkeypatch):
+    """A streamed set is read and run a chunk at a time, with the same answer."""
+    import edgekd.training.ensemble.gated as gated_module
+    from edgekd.data.store import DiskImages, write_store
+
+    pixels = np.asarray(images, np.uint8)
+    write_store(tmp_path / "rows.npy", pixels.shape, [pixels])
+    monkeypatch.setattr(gated_module, "PREDICT_ROWS", 3)
+    whole = ensemble.predict(pixels)
+    chunked = ensemble.predict(DiskImages(tmp_path / "rows.npy"))
+    np.testing.assert_allclose(chunked.probs, whole.probs, atol=1e-6)
+    np.testing.assert_array_equal(chunked.active, whole.active)

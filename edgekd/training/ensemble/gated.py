@@ -16,10 +16,13 @@ import numpy as np
 from keras import ops
 
 from edgekd.contract import FUSION_EPS, FUSION_ITERATIONS, FUSION_TOL, EnsembleSpec
+from edgekd.data.store import DiskImages
 from edgekd.device.runtime.ensemble import EnsembleResult
 from edgekd.training.ensemble.fusion import fuse, membership_matrix, scatter_specialist
 from edgekd.training.ensemble.gating import activation_plan, gate
 from edgekd.training.trainer import predict_probs
+
+PREDICT_ROWS = 4096  # images of an on-disk set read and run at a time
 
 
 @dataclass
@@ -63,7 +66,23 @@ class GatedEnsemble:
 
         `general` may carry the generalist's probabilities for these images (not mirrored)
         when the caller already has them; the generalist is then not run on them again.
+        Images on disk (the streaming pipeline) are read and run `PREDICT_ROWS` at a time.
         """
+        if isinstance(images, DiskImages) and len(images) > PREDICT_ROWS:
+            parts = [
+                self.predict(
+                    images[start : start + PREDICT_ROWS],
+                    None if general is None else general[start : start + PREDICT_ROWS],
+                )
+                for start in range(0, len(images), PREDICT_ROWS)
+            ]
+            return EnsembleResult(
+                *(
+                    np.concatenate([getattr(r, f) for r in parts])
+                    for f in ("probs", "general", "active")
+                ),
+                parts[0].views,
+            )
         if general is None:
             general = predict_probs(self.generalist, images, self.batch_size)
         if self.flip:
@@ -188,7 +207,6 @@ class GatedTeacher:
             general, ops.stack(ins, axis=1), ops.stack(dusts, axis=1), active, ens.membership,
             dustbin=ens.dustbin, iterations=ens.iterations,
         )  # fmt: skip
-
 
     def _logits(self, model: keras.Model, x: Any) -> Any:
         """A member's float32 logits; with flip averaging, the log of its probabilities
