@@ -469,7 +469,9 @@ class TrainConfig(_Section):
 
     stages: tuple[str, ...] = Field(METHOD_STAGES, min_length=1)
     strategy: Literal["default", "mirrored"] = Field(
-        "default", description="tf.distribute strategy (mirrored: all local GPUs; TF backend)"
+        "default",
+        description="mirrored: data parallel over this host's devices (tf.distribute."
+        "MirroredStrategy on TensorFlow, keras.distribution.DataParallel on JAX)",
     )
     precision: Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"] = Field(
         "auto", description="auto: mixed_float16 on a GPU, float32 on a CPU"

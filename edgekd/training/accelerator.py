@@ -72,16 +72,27 @@ def precision_policy(name: str) -> Iterator[None]:
 
 
 def distribution_scope(strategy: str) -> contextlib.AbstractContextManager[Any]:
-    """The `tf.distribute` scope a recipe names; `default` is no scope at all."""
+    """The distribution a recipe's `train.strategy` names, as a context; `default` is none.
+
+    `mirrored` is data parallelism over this host's devices: `tf.distribute.MirroredStrategy`
+    on TensorFlow, `keras.distribution.DataParallel` over `keras.distribution.list_devices()`
+    on JAX (the path for a GPU machine without TensorFlow). Either way every step computes
+    the gradient of the mean loss over the global batch, sharded across the devices.
+    """
     if strategy == "default":
         return contextlib.nullcontext()
-    if keras.backend.backend() != "tensorflow":
-        raise ValueError(
-            f"train.strategy={strategy!r} needs the TensorFlow backend "
-            f"(KERAS_BACKEND is {keras.backend.backend()!r})"
-        )
-    import tensorflow as tf
+    backend = keras.backend.backend()
+    if strategy != "mirrored":
+        raise ValueError(f"unknown strategy {strategy!r}")
+    if backend == "tensorflow":
+        import tensorflow as tf
 
-    if strategy == "mirrored":
         return tf.distribute.MirroredStrategy().scope()
-    raise ValueError(f"unknown strategy {strategy!r}")
+    if backend == "jax":
+        from keras import distribution
+
+        return distribution.DataParallel(devices=distribution.list_devices()).scope()
+    raise ValueError(
+        f"train.strategy={strategy!r} needs the TensorFlow or JAX backend "
+        f"(KERAS_BACKEND is {backend!r})"
+    )
