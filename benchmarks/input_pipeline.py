@@ -179,6 +179,8 @@ generalist:
   width: {width}
   epochs: 1
   batch_size: 64
+  schedule:
+    warmup_epochs: 0.1
 train:
   stages: [generalist]
   tensorboard: false
