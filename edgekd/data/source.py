@@ -26,6 +26,7 @@ from edgekd.data.folder import (
     chosen_files,
     decode_chunks,
     decode_folder,
+    image_shape,
     scan_folder,
 )
 from edgekd.data.images import DECODER_VERSION
@@ -220,7 +221,10 @@ def load_source(
         files = tfds_file_stats(spec.location, data_dir=tfds_dir)
     opened: list[ChunkedSource] = []  # a TFDS or TFRecord source, opened once when needed
 
-    def chunked() -> ChunkedSource:
+    def chunked() -> ChunkedSource | None:
+        """The TFDS or TFRecord source, opened on first use; None for folders and CIFAR."""
+        if spec.kind not in ("tfds", "tfrecord"):
+            return None
         if not opened:
             if spec.kind == "tfds":
                 opened.append(open_tfds(spec.location, data_dir=tfds_dir))
@@ -244,10 +248,8 @@ def load_source(
     if pipeline not in PIPELINES:
         raise ValueError(f"pipeline must be one of {PIPELINES}, got {pipeline!r}")
     if pipeline == "auto":
-        source = chunked() if spec.kind in ("tfds", "tfrecord") else None
-        estimate = _decoded_bytes(spec, files, index, source, limit_per_class, seed, image_size)
-        too_big = estimate is not None and estimate > memory_limit_gb * 1e9
-        pipeline = "stream" if too_big else "memory"
+        estimate = _decoded_bytes(spec, files, index, chunked(), limit_per_class, seed, image_size)
+        pipeline = "stream" if estimate > memory_limit_gb * 1e9 else "memory"
     if pipeline == "stream":
         store = stream_path(root, spec.kind, key)
         dataset = read_stream(spec, store)
@@ -256,9 +258,8 @@ def load_source(
                 import shutil
 
                 shutil.rmtree(store, ignore_errors=True)
-            source = chunked() if spec.kind in ("tfds", "tfrecord") else None
             dataset = build_stream(
-                spec, store, index, source, limit_per_class, seed, image_size, progress
+                spec, store, index, chunked(), limit_per_class, seed, image_size, progress
             )
         return dataset
 
@@ -390,8 +391,7 @@ def build_stream(
             paths = [index.root / index.files[i] for i in chosen]
             chunks = decode_chunks(paths, image_size=image_size, progress=progress,
                                    label=f"decoding {index.root} to {store.name}")  # fmt: skip
-            first = next(chunks)
-            write_store(tmp / "train.npy", (len(paths), *first.shape[1:]), _chain(first, chunks))
+            write_store(tmp / "train.npy", (len(paths), *image_shape(paths, image_size)), chunks)
             meta["train_labels"] = index.labels[chosen]
             class_names = list(index.class_names)
         elif spec.kind == "cifar":
@@ -458,11 +458,6 @@ def _read_chunked(
         labels = np.concatenate([labels for _, labels in parts])
         sets.append(ImageSet(images, labels, source.class_names))
     return sets[0], sets[1]
-
-
-def _chain(first: np.ndarray, rest):
-    yield first
-    yield from rest
 
 
 def _resized_chunks(images: np.ndarray, image_size: ImageSize | None, size: int = 1024):

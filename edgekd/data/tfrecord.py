@@ -62,6 +62,7 @@ class TFRecordSource:
     class_names: list[str]
     labels: np.ndarray
     splits: dict[str, int] = field(default_factory=dict)  # {"train": number of records}
+    first_shape: tuple[int, int, int] | None = None  # the first record's (H, W, 3), once read
 
     def _records(self) -> Iterator[tuple[bytes, int]]:
         """(encoded image, label) of every record, in shard order, through `tf.data`."""
@@ -84,8 +85,10 @@ class TFRecordSource:
         """(H, W, 3) of the images read: `image_size`, else the first record's size."""
         if image_size is not None:
             return (*as_hw(image_size), 3)
-        data, _ = next(self._records())
-        return decode_rgb(data, f"{self.files[0]} record 0").shape
+        if self.first_shape is None:  # decoded once, however often asked
+            data, _ = next(self._records())
+            self.first_shape = decode_rgb(data, f"{self.files[0]} record 0").shape
+        return self.first_shape
 
     def chunks(
         self, split: str, image_size: ImageSize | None, progress: bool = True, size: int = 256
