@@ -36,17 +36,54 @@ class _Group(click.Group):
         native = NativeLogFilter()
         native.start()
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
+            _exit(0) if _supervised() else None
+            return result
         except EdgekdError as exc:
             native.stop()
             click.echo(f"error: {exc}", err=True)
-            sys.exit(exc.exit_code)
+            _exit(exc.exit_code)
         except KeyboardInterrupt:
             native.stop()
             click.echo("\ninterrupted: run the same command again to resume.", err=True)
-            sys.exit(130)
+            _exit(130)
+        except Exception as exc:
+            if not (_supervised() and _peer_lost(exc)):
+                raise
+            from edgekd.errors import reason
+            from edgekd.training.supervisor import PEER_LOST
+
+            native.stop()
+            click.echo(f"edgekd: lost contact with another worker ({reason(exc)})", err=True)
+            _exit(PEER_LOST)
         finally:
             native.stop()
+
+
+def _supervised() -> bool:
+    from edgekd.training.supervisor import supervised
+
+    return supervised()
+
+
+def _peer_lost(exc: BaseException) -> bool:
+    """A TensorFlow error that means a worker (or the link to it) went away."""
+    lost = {"UnavailableError", "AbortedError", "DeadlineExceededError", "CancelledError"}
+    while exc is not None:
+        if type(exc).__module__.startswith("tensorflow") and type(exc).__name__ in lost:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _exit(code: int) -> None:
+    """sys.exit, except in a supervised training child: there TensorFlow's cluster shutdown
+    would wait for workers that are gone, so the process ends at once after flushing."""
+    if _supervised():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 @click.group(cls=_Group)
@@ -76,16 +113,48 @@ def main() -> None:
     is_flag=True,
     help="One line per epoch, no per-batch bar (the default when stdout is not a terminal).",
 )
-def train(recipe: str, overrides: tuple[str, ...], run_dir: str | None, quiet: bool) -> None:
+@click.option(
+    "--workers",
+    default=None,
+    metavar="HOST:PORT,...",
+    help="train.distribution: multi_worker: every worker's address, the chief first, the same "
+    "list on every worker (instead of TF_CONFIG).",
+)
+@click.option(
+    "--worker-index",
+    type=click.IntRange(min=0),
+    default=None,
+    help="This worker's place in --workers (0 is the chief, which writes the run directory).",
+)
+def train(
+    recipe: str,
+    overrides: tuple[str, ...],
+    run_dir: str | None,
+    quiet: bool,
+    workers: str | None,
+    worker_index: int | None,
+) -> None:
     """Train the stages RECIPE asks for (a YAML file or a built-in name, e.g. smoke)."""
     from edgekd.recipe import load_recipe
+    from edgekd.training.cluster import Cluster
 
     if run_dir is not None and not run_dir.strip():
         raise RunDirError("--run-dir is empty: give a folder, or leave it out for runs/<name>")
     resolved = load_recipe(recipe, overrides)
+    cluster = Cluster.from_environment(workers, worker_index)
+    if resolved.train.distribution == "multi_worker" and cluster and not _supervised():
+        from edgekd.training.supervisor import supervise
+
+        code = supervise(
+            sys.argv[1:], resolved.train.worker_timeout_s, cluster.describe(),
+            log=lambda line: click.echo(line, err=True),
+        )  # fmt: skip
+        sys.exit(code)
     from edgekd.training.pipeline import train as run_train
 
-    run = run_train(resolved, run_dir, verbose=2 if quiet or not sys.stdout.isatty() else 1)
+    run = run_train(
+        resolved, run_dir, verbose=2 if quiet or not sys.stdout.isatty() else 1, cluster=cluster
+    )
     click.echo(f"run directory: {run.path}   (next: edgekd eval {run.path})")
 
 

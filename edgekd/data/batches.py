@@ -80,12 +80,22 @@ class Augment:
                 f"crop_padding and cutout must be >= 0, got {self.crop_padding} and {self.cutout}"
             )
 
-    def __call__(self, images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Augment a batch of (B, H, W, C) images; returns a new array of the same dtype."""
-        batch, height, width, _ = images.shape
+    def __call__(
+        self, images: np.ndarray, rng: np.random.Generator, part: tuple[int, int] | None = None
+    ) -> np.ndarray:
+        """Augment a batch of (B, H, W, C) images; returns a new array of the same dtype.
+
+        `part` = (start, total): the images are rows start.. of a batch of `total`. The random
+        draws are the whole batch's, so a worker's share of a batch is augmented exactly as
+        it would be in the whole batch.
+        """
+        count, height, width, _ = images.shape
+        start, batch = part if part is not None else (0, count)
+        mine = slice(start, start + count)
         pad = self.crop_padding
         if self.crop == "resized":
-            images = random_resized_crop(images, rng, self.scale, self.ratio)
+            boxes = resized_crop_boxes(batch, height, width, rng, self.scale, self.ratio)
+            images = resample_boxes(images, *(b[mine] for b in boxes))
         elif pad:
             if self.padding_mode == "reflect" and pad >= min(height, width):
                 raise ValueError(
@@ -93,28 +103,30 @@ class Augment:
                     f"{height}x{width}; use padding_mode='constant' or less padding"
                 )
             padded = _pad(images, pad, self.padding_mode)
-            top = rng.integers(0, 2 * pad + 1, batch)
-            left = rng.integers(0, 2 * pad + 1, batch)
+            top = rng.integers(0, 2 * pad + 1, batch)[mine]
+            left = rng.integers(0, 2 * pad + 1, batch)[mine]
             # windows[b, y, x] is the (C, H, W) crop at offset (y, x); gather one per image.
             windows = sliding_window_view(padded, (height, width), axis=(1, 2))
-            images = windows[np.arange(batch), top, left].transpose(0, 2, 3, 1)
+            images = windows[np.arange(count), top, left].transpose(0, 2, 3, 1)
         else:
             images = images.copy()
         if self.flip:
-            flipped = np.flatnonzero(rng.random(batch) < 0.5)
+            flipped = np.flatnonzero(rng.random(batch)[mine] < 0.5)
             images[flipped] = images[flipped, :, ::-1]
         if self.cutout:
-            self._cut_out(images, rng)
+            self._cut_out(images, rng, mine, batch)
         return images
 
-    def _cut_out(self, images: np.ndarray, rng: np.random.Generator) -> None:
+    def _cut_out(
+        self, images: np.ndarray, rng: np.random.Generator, mine: slice, total: int
+    ) -> None:
         """Zero a cutout x cutout square per image, in place, centred uniformly at random."""
         batch, height, width, _ = images.shape
         size = self.cutout
         if size > min(height, width):
             raise ValueError(f"cutout of {size} px is larger than the {height}x{width} images")
-        top = rng.integers(0, height, batch) - size // 2
-        left = rng.integers(0, width, batch) - size // 2
+        top = rng.integers(0, height, total)[mine] - size // 2
+        left = rng.integers(0, width, total)[mine] - size // 2
         # Work on one size x size window per image, moved inside the image where the square
         # sticks out, and zero only the window cells the square covers: no full-size mask.
         win_top = np.clip(top, 0, height - size)
@@ -304,7 +316,31 @@ class ImageBatches(keras.utils.PyDataset):
         self._ahead: dict[tuple[int, int], Any] = {}
         self._lock = threading.Lock()
         self._order_cache: tuple[int, np.ndarray] | None = None
+        self.shard_index, self.shards = 0, 1
         self.epoch = epoch
+
+    def shard(self, index: int, count: int) -> None:
+        """Serve only worker `index`'s share of every batch, of `count` equal shares.
+
+        Each worker reads and augments only its rows of the global batch (the same rows,
+        order and augmentation the whole batch would have), so `count` workers together
+        train on exactly the batches one process would. Needs equal shares:
+        `drop_remainder=True` and a batch size divisible by `count`.
+        """
+        if not 0 <= index < count:
+            raise ValueError(f"shard index {index} is not in 0..{count - 1}")
+        if count > 1 and (not self.drop_remainder or self.batch_size % count):
+            raise ValueError(
+                f"sharding over {count} workers needs drop_remainder=True and a batch size "
+                f"divisible by {count}, got batch_size {self.batch_size}"
+            )
+        self.shard_index, self.shards = index, count
+        self._ahead.clear()
+
+    def _share(self, rows: int) -> slice:
+        """This worker's rows of a batch of `rows`."""
+        each = rows // self.shards
+        return slice(self.shard_index * each, (self.shard_index + 1) * each)
 
     @property
     def epoch(self) -> int:
@@ -349,10 +385,13 @@ class ImageBatches(keras.utils.PyDataset):
     def make_batch(self, epoch: int, index: int):
         """Batch `index` of `epoch`: x, or (x, labels). A pure function of (seed, epoch, index)."""
         chosen = self.order(epoch)[index * self.batch_size : (index + 1) * self.batch_size]
+        total = len(chosen)
+        share = self._share(total)
+        chosen = chosen[share]
         x = self.images[chosen]
         if self.augment is not None:
             rng = np.random.default_rng([_AUGMENT_STREAM, self.seed, epoch, index])
-            x = self.augment(x, rng)
+            x = self.augment(x, rng, (share.start, total))
         x = x.astype(np.float32)
         if self.labels is None:
             return x

@@ -468,10 +468,20 @@ class TrainConfig(_Section):
     """How `edgekd train` runs: which stages, on what hardware settings."""
 
     stages: tuple[str, ...] = Field(METHOD_STAGES, min_length=1)
-    strategy: Literal["default", "mirrored"] = Field(
-        "default",
+    distribution: Literal["none", "mirrored", "multi_worker"] = Field(
+        "none",
         description="mirrored: data parallel over this host's devices (tf.distribute."
-        "MirroredStrategy on TensorFlow, keras.distribution.DataParallel on JAX)",
+        "MirroredStrategy on TensorFlow, keras.distribution.DataParallel on JAX); "
+        "multi_worker: over several processes or hosts, one `edgekd train` per worker "
+        "(TF_CONFIG, or --workers/--worker-index): MultiWorkerMirroredStrategy on TensorFlow, "
+        "DataParallel after jax.distributed.initialize on JAX. Batch sizes and learning rates "
+        "are those of the global batch",
+    )
+    worker_timeout_s: float = Field(
+        600.0,
+        gt=0.0,
+        description="multi_worker: how long a worker waits for all the others to join (at "
+        "start, and after one is lost) before it fails",
     )
     precision: Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"] = Field(
         "auto", description="auto: mixed_float16 on a GPU, float32 on a CPU"
@@ -480,6 +490,19 @@ class TrainConfig(_Section):
         "auto", description="auto: XLA on GPU/JAX, off on a TF CPU (2.5x slower there)"
     )
     tensorboard: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_strategy(cls, data: Any) -> Any:
+        """`strategy: default|mirrored`, the key before `distribution`, is still read."""
+        if isinstance(data, dict) and "strategy" in data:
+            data = dict(data)
+            legacy = data.pop("strategy")
+            if "distribution" in data:
+                raise FieldError(("strategy",), "give train.distribution alone (strategy is "
+                                 "its old name)")  # fmt: skip
+            data["distribution"] = {"default": "none"}.get(legacy, legacy)
+        return data
 
     @model_validator(mode="after")
     def _known_stages(self) -> TrainConfig:
@@ -499,7 +522,7 @@ class TrainConfig(_Section):
 # `student.seeds` only adds models: more seeds extend a finished stage (Stage.extends).
 _NOT_HASHED = {
     "data": ("path", "cache_dir", "tfds_dir", "pipeline", "memory_limit_gb"),
-    "train": ("stages", "tensorboard"),
+    "train": ("stages", "tensorboard", "distribution", "worker_timeout_s"),
     "student": ("seeds",),
 }
 
@@ -605,6 +628,11 @@ class Recipe(_Section):
                     node = node[parent]
                 if node.get(leaf) == default:
                     node.pop(leaf)
+        if "train" in d:
+            # Runs made before train.distribution hashed `strategy: default`; the distribution
+            # itself is not hashed (the same global batch gives the same update), and this
+            # constant keeps those runs' stage hashes.
+            d["train"]["strategy"] = "default"
         payload = {s: d[s] for s in sections}
         if extra:
             payload["extra"] = dict(extra)

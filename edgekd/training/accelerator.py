@@ -22,13 +22,20 @@ class Accelerator:
     gpus: int
     precision: str
     jit_compile: bool
+    distribution: str = "none"
 
     def describe(self) -> str:
         device = f"{self.gpus} GPU(s)" if self.gpus else "CPU"
-        return (
+        text = (
             f"backend {self.backend} on {device}, precision {self.precision}, "
             f"XLA {'on' if self.jit_compile else 'off'}"
         )
+        if self.distribution != "none":
+            from edgekd.training import cluster
+
+            joined = cluster.current()
+            text += f", {self.distribution}" + (f" as {joined.describe()}" if joined else "")
+        return text
 
 
 def count_gpus() -> int:
@@ -49,7 +56,9 @@ def count_gpus() -> int:
     return 0
 
 
-def resolve(precision: str = "auto", jit_compile: str | bool = "auto") -> Accelerator:
+def resolve(
+    precision: str = "auto", jit_compile: str | bool = "auto", distribution: str = "none"
+) -> Accelerator:
     """Resolve a recipe's `auto` settings for this machine."""
     backend = keras.backend.backend()
     gpus = count_gpus()
@@ -57,7 +66,7 @@ def resolve(precision: str = "auto", jit_compile: str | bool = "auto") -> Accele
         precision = "mixed_float16" if gpus else "float32"
     if jit_compile == "auto":
         jit_compile = backend == "jax" or gpus > 0
-    return Accelerator(backend, gpus, precision, bool(jit_compile))
+    return Accelerator(backend, gpus, precision, bool(jit_compile), distribution)
 
 
 @contextlib.contextmanager
@@ -71,28 +80,42 @@ def precision_policy(name: str) -> Iterator[None]:
         keras.config.set_dtype_policy(previous)
 
 
-def distribution_scope(strategy: str) -> contextlib.AbstractContextManager[Any]:
-    """The distribution a recipe's `train.strategy` names, as a context; `default` is none.
+_MIRRORED: Any = None  # one MirroredStrategy per process, reused by every stage
+
+
+def distribution_scope(distribution: str) -> contextlib.AbstractContextManager[Any]:
+    """The distribution a recipe's `train.distribution` names, as a context; `none` is none.
 
     `mirrored` is data parallelism over this host's devices: `tf.distribute.MirroredStrategy`
     on TensorFlow, `keras.distribution.DataParallel` over `keras.distribution.list_devices()`
-    on JAX (the path for a GPU machine without TensorFlow). Either way every step computes
-    the gradient of the mean loss over the global batch, sharded across the devices.
+    on JAX (the path for a GPU machine without TensorFlow). `multi_worker` spans the processes
+    `edgekd.training.cluster.connect` joined: MultiWorkerMirroredStrategy, or DataParallel
+    over every process's devices. Either way every step computes the gradient of the mean
+    loss over the global batch, sharded across the devices.
     """
-    if strategy == "default":
+    global _MIRRORED
+    if distribution == "none":
         return contextlib.nullcontext()
+    if distribution not in ("mirrored", "multi_worker"):
+        raise ValueError(f"unknown distribution {distribution!r}")
     backend = keras.backend.backend()
-    if strategy != "mirrored":
-        raise ValueError(f"unknown strategy {strategy!r}")
     if backend == "tensorflow":
+        if distribution == "multi_worker":
+            from edgekd.training import cluster
+
+            if cluster.strategy() is None:
+                raise RuntimeError("multi_worker training before cluster.connect()")
+            return cluster.strategy().scope()
         import tensorflow as tf
 
-        return tf.distribute.MirroredStrategy().scope()
+        if _MIRRORED is None:
+            _MIRRORED = tf.distribute.MirroredStrategy()
+        return _MIRRORED.scope()
     if backend == "jax":
-        from keras import distribution
+        from keras import distribution as kd
 
-        return distribution.DataParallel(devices=distribution.list_devices()).scope()
+        return kd.DataParallel(devices=kd.list_devices()).scope()
     raise ValueError(
-        f"train.strategy={strategy!r} needs the TensorFlow or JAX backend "
+        f"train.distribution={distribution!r} needs the TensorFlow or JAX backend "
         f"(KERAS_BACKEND is {backend!r})"
     )

@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -98,6 +99,7 @@ def check_run_path(path: Path) -> None:
                 f"{path}: not empty and not an edgekd run (no {MANIFEST}; holds {shown}). "
                 "Give a new or empty folder with --run-dir"
             )
+
 
 class RunDir:
     """A run directory on disk; every write goes through `atomic`."""
@@ -306,6 +308,30 @@ class RunDir:
 
     def save(self) -> None:
         atomic.write_json(self.path / MANIFEST, self.manifest)
+
+
+MIRROR_SKIPS = (PREVIOUS, LOCK, OWNER, "tensorboard")
+
+
+def mirror_run(chief: Path, mirror: Path) -> None:
+    """Make `mirror` a copy of the chief's run directory (its manifest, stages, checkpoints
+    and stored targets; not `.previous/`, locks or TensorBoard logs).
+
+    A multi_worker worker other than the chief trains in such a mirror, refreshed before each
+    stage: it then takes the chief's decisions (skip, resume from which checkpoint, start
+    afresh) and reads the chief's upstream results, and never writes the shared run.
+    """
+    mirror.mkdir(parents=True, exist_ok=True)
+    for child in mirror.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+    if chief.is_dir():
+        shutil.copytree(
+            chief, mirror, dirs_exist_ok=True, symlinks=True,
+            ignore=shutil.ignore_patterns(*MIRROR_SKIPS),
+        )  # fmt: skip
 
 
 def _yaml(obj: Any) -> str:

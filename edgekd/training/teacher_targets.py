@@ -161,7 +161,7 @@ class TargetBatches(ImageBatches):
     def __getitem__(self, index: int):
         epoch = self.epoch
         x, y = super().__getitem__(index)
-        start = index * self.batch_size
+        start = index * self.batch_size + self._share(self.batch_size).start
         q = np.asarray(self.targets(epoch)[start : start + len(y)], np.float32)
         if len(q) != len(y):
             raise ValueError(

@@ -37,11 +37,21 @@ NO_DECAY = ["gamma", "beta", "bias"]
 
 @dataclass
 class TrainResult:
-    """A trained model and its per-epoch history (all epochs, across resumes)."""
+    """A trained model and its per-epoch history (all epochs, across resumes).
+
+    `model` is what was fit (a Distiller around a student, say); `plain` is the trained
+    network itself, ready to predict and save in this process (under `multi_worker`, a copy
+    outside the strategy, whose predictions need no other worker).
+    """
 
     model: keras.Model
     history: list[dict[str, float]]
     resumed_from: int
+    plain: keras.Model | None = None
+
+    def __post_init__(self) -> None:
+        if self.plain is None:
+            self.plain = getattr(self.model, "student", self.model)
 
 
 def _unusable(point: Any, ckpt_dir: Path, epochs: int) -> str | None:
@@ -231,7 +241,6 @@ def train_classifier(
     seed: int,
     augment: Augment | None,
     accel: Accelerator,
-    strategy: str = "default",
     tensorboard: bool = True,
     verbose: str | int = "auto",
     log: Callable[[str], None] = print,
@@ -266,9 +275,16 @@ def train_classifier(
     elif val is not None and len(val):
         val_batches = ImageBatches(val.images, val.labels, batch_size=max(cfg.batch_size, 256))
 
+    multi_worker = accel.distribution == "multi_worker"
+    if multi_worker:
+        from edgekd.training import cluster
+
+        joined = cluster.current()
+        if joined is not None:
+            train_batches.shard(joined.index, joined.size)
     atomic.remove_stale(ckpt_dir)
     state = load_state(ckpt_dir, cfg.epochs, log)
-    with precision_policy(accel.precision), distribution_scope(strategy):
+    with precision_policy(accel.precision), distribution_scope(accel.distribution):
 
         def fresh() -> tuple[keras.Model, str]:
             keras.utils.set_random_seed(seed)
@@ -279,6 +295,8 @@ def train_classifier(
                 f"{stats['macs'] / 1e6:.1f}M MACs/image; {steps} steps/epoch x {cfg.epochs} epochs"
             )
             name = model.name
+            if accel.distribution != "none":
+                sync_batchnorm(model, True)
             if wrap is not None:
                 model = wrap(model)
             compile_classifier(model, cfg, steps, accel.jit_compile, own_loss=wrap is not None)
@@ -307,9 +325,20 @@ def train_classifier(
     ]
     if tensorboard and _tensorboard_available():
         all_callbacks.append(keras.callbacks.TensorBoard(str(workdir / "tensorboard")))
+    fit_input: Any = train_batches
+    if multi_worker:
+        # Validation runs on each worker's own copy of the model (LocalValidation, listed
+        # before the checkpoint so its figures are recorded), outside the collective steps.
+        all_callbacks.insert(2, LocalValidation(val_batches))
+        val_batches = None
+        if accel.backend == "tensorflow":
+            from edgekd.training import distributed_input
+
+            fit_input = distributed_input.for_fit(model, train_batches)
+            all_callbacks.insert(0, distributed_input.EpochOf(train_batches))
     if initial_epoch < cfg.epochs:
         model.fit(
-            train_batches,
+            fit_input,
             validation_data=val_batches,
             epochs=cfg.epochs,
             initial_epoch=initial_epoch,
@@ -317,7 +346,53 @@ def train_classifier(
             callbacks=all_callbacks,
             verbose=verbose,
         )
-    return TrainResult(model=model, history=history, resumed_from=initial_epoch)
+    net = getattr(model, "student", model)
+    if accel.distribution != "none":
+        sync_batchnorm(net, False)
+    plain = detached(net) if multi_worker else net
+    return TrainResult(model=model, history=history, resumed_from=initial_epoch, plain=plain)
+
+
+def sync_batchnorm(model: keras.Model, on: bool) -> None:
+    """Batch statistics over the global batch (TensorFlow's synchronized BatchNormalization).
+
+    Data parallelism then gives the update one device would on the whole batch, as
+    `keras.distribution.DataParallel` does on JAX by construction. Turned off after training,
+    so saved models load on every backend (only TensorFlow accepts the flag).
+    """
+    if keras.backend.backend() != "tensorflow":
+        return
+    for layer in model._flatten_layers(include_self=False):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.synchronized = on
+
+
+def detached(model: keras.Model) -> keras.Model:
+    """A copy of `model` made outside any distribution strategy, with its weights: its
+    predictions run in this process alone, never waiting on another worker."""
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+class LocalValidation(keras.callbacks.Callback):
+    """`val_accuracy` and `val_loss` (cross-entropy) after each epoch, from this worker's
+    detached copy of the network: what `fit`'s validation reports, with no collective step."""
+
+    def __init__(self, val: ImageBatches | None) -> None:
+        super().__init__()
+        self.val = val
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if self.val is None or logs is None or self.val.labels is None:
+            return
+        net = detached(getattr(self.model, "student", self.model))
+        logits = predict_logits(net, self.val.images, batch_size=self.val.batch_size)
+        probs = softmax(logits)
+        labels = self.val.labels
+        picked = np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)
+        logs["val_accuracy"] = float((probs.argmax(1) == labels).mean())
+        logs["val_loss"] = float(-np.log(picked).mean())
 
 
 def _tensorboard_available() -> bool:

@@ -73,6 +73,8 @@ class Stage:
     name: ClassVar[str]
     sections: ClassVar[tuple[str, ...]]
     reads: ClassVar[tuple[str, ...]] = ()
+    # Fits models: every worker of a multi_worker run takes part. The others are the chief's.
+    trains: ClassVar[bool] = False
 
     def input_hash(self, recipe: Recipe, data_fingerprint: str, upstream: dict[str, str]) -> str:
         """Hash of everything that determines this stage's result."""

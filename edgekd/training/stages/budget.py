@@ -72,6 +72,7 @@ def budget_seconds(run: RunDir, teacher_cost: str, images_per_epoch: int) -> flo
 
 def budget_images(run: RunDir, recipe: Recipe, train_size: int, teacher_cost: str) -> int:
     """Training images the method's models saw: per epoch, each takes its batches' worth."""
+
     def seen(epochs: int, batch: int) -> int:
         return epochs * (train_size // batch) * batch
 
@@ -99,6 +100,7 @@ class BudgetStage(Stage):
     """Train the student's architecture from scratch on hard labels for the method's budget."""
 
     name = "budget"
+    trains = True
     sections = ("seed", "data", "student", "budget", "train")
     reads = ("generalist", "groups", "specialists", "ensemble", "student")
 
@@ -160,10 +162,10 @@ class BudgetStage(Stage):
             t0 = time.perf_counter()
             res = train_classifier(
                 build, model_cfg, data.train, data.val, out, seed=recipe.seed,
-                augment=augment_of(ctx), accel=ctx.accel, strategy=recipe.train.strategy,
+                augment=augment_of(ctx), accel=ctx.accel,
                 tensorboard=recipe.train.tensorboard, verbose=ctx.verbose, log=ctx.log,
             )  # fmt: skip
-            probs = predict_probs(res.model, data.val.images)
+            probs = predict_probs(res.plain, data.val.images)
             ev = Evaluation.from_probs(probs, data.val.labels, data.class_names)
             history = res.history
             row = {
@@ -179,7 +181,7 @@ class BudgetStage(Stage):
                 if history else None,
             }  # fmt: skip
             with atomic.atomic_path(out / "model.keras") as tmp:
-                res.model.save(tmp)
+                res.plain.save(tmp)
             atomic.write_json(out / "history.json", history)
             atomic.write_json(record, row)  # written last: marks it finished
             shutil.rmtree(out / "checkpoint", ignore_errors=True)

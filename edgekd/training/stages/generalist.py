@@ -31,6 +31,7 @@ class GeneralistStage(Stage):
     """Train the generalist on every class and evaluate it on the validation split."""
 
     name = "generalist"
+    trains = True
     sections = ("seed", "data", "generalist", "train")
 
     def check(self, recipe: Recipe, data: PreparedData) -> None:
@@ -67,13 +68,12 @@ class GeneralistStage(Stage):
             seed=recipe.seed,
             augment=augment_of(ctx),
             accel=ctx.accel,
-            strategy=recipe.train.strategy,
             tensorboard=recipe.train.tensorboard,
             verbose=ctx.verbose,
             log=ctx.log,
         )
         train_s = time.perf_counter() - t0
-        model = result.model
+        model = result.plain
 
         probs = predict_probs(model, data.val.images)
         ev = Evaluation.from_probs(probs, data.val.labels, data.class_names)

@@ -42,6 +42,7 @@ class SpecialistsStage(Stage):
     """Train one dustbin specialist per group."""
 
     name = "specialists"
+    trains = True
     sections = ("seed", "data", "generalist", "specialists", "train")
     reads = ("groups",)
 
@@ -117,14 +118,14 @@ class SpecialistsStage(Stage):
 
         result = train_classifier(
             build, cfg, batches, val_set, out, seed=recipe.seed + m, augment=None,
-            accel=ctx.accel, strategy=recipe.train.strategy, tensorboard=recipe.train.tensorboard,
+            accel=ctx.accel, tensorboard=recipe.train.tensorboard,
             verbose=ctx.verbose, log=ctx.log,
         )  # fmt: skip
         bias = np.zeros(outputs)
         if cfg.dustbin and not in_group.all():  # a group of every class has an empty dustbin
             share = batches.per_batch_in / batches.batch_size
             bias[-1] = dustbin_correction(float(in_group.mean()), share)
-        trained = result.model
+        trained = result.plain
         model = keras.Model(
             trained.inputs, LogitAdjustment(bias, name="prior_correction")(trained.outputs[0]),
             name=trained.name,

@@ -61,6 +61,7 @@ class StudentStage(Stage):
     """Distil the teacher into the student; train the control; evaluate all of them."""
 
     name = "student"
+    trains = True
     sections = ("seed", "data", "ensemble", "student", "train")
     reads = ("generalist", "groups", "specialists")
 
@@ -134,7 +135,7 @@ class StudentStage(Stage):
 
             return train_classifier(
                 build, run_cfg, train, val, workdir, seed=seed,
-                augment=augment_of(ctx), accel=ctx.accel, strategy=recipe.train.strategy,
+                augment=augment_of(ctx), accel=ctx.accel,
                 tensorboard=recipe.train.tensorboard, verbose=ctx.verbose, log=ctx.log,
                 wrap=wrap,
             )  # fmt: skip
@@ -157,7 +158,7 @@ class StudentStage(Stage):
                     continue
                 ctx.log(f"[student] temperature search: T={t:g}, {cfg.search_epochs} epoch(s)")
                 res = fit(workdir, cfg.search_epochs, t, soft=True, seed=recipe.seed)
-                acc = _accuracy(res.model.student, data)
+                acc = _accuracy(res.plain, data)
                 train_s = round(sum(e.get("train_s", 0.0) for e in res.history), 1)
                 row = {"temperature": t, "val_accuracy": acc, "train_s_epochs": train_s}
                 atomic.write_json(done, row)
@@ -195,7 +196,7 @@ class StudentStage(Stage):
             )  # fmt: skip
             t0 = time.perf_counter()
             res = fit(workdir, cfg.epochs, temperature, soft, seed)
-            student = res.model.student
+            student = res.plain
             probs = predict_probs(student, data.val.images)
             ev = Evaluation.from_probs(probs, data.val.labels, data.class_names)
             history = res.history
