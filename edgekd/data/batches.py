@@ -377,10 +377,15 @@ class ImageBatches(keras.utils.PyDataset):
         if not 0 <= index < len(self):
             raise IndexError(f"batch index {index} out of range for {len(self)} batches")
         epoch = self._epoch
-        batch = self._prefetched(epoch, index) if self.prefetch else self.make_batch(epoch, index)
+        batch = self.batch_of(epoch, index)
         if epoch == self._epoch:  # not set to another epoch meanwhile
             self._served[index] = True
         return batch
+
+    def batch_of(self, epoch: int, index: int):
+        """Batch `index` of `epoch`, made ahead when prefetching; for callers that count
+        epochs themselves (`__getitem__` serves the current `epoch`)."""
+        return self._prefetched(epoch, index) if self.prefetch else self.make_batch(epoch, index)
 
     def make_batch(self, epoch: int, index: int):
         """Batch `index` of `epoch`: x, or (x, labels). A pure function of (seed, epoch, index)."""

@@ -100,6 +100,7 @@ class Cluster:
         return cls.from_tf_config(text) if text else None
 
 
+PACK_BYTES = 32 << 20
 _STRATEGY: Any = None  # one MultiWorkerMirroredStrategy per process, as TensorFlow requires
 _CLUSTER: Cluster | None = None
 
@@ -124,7 +125,11 @@ def connect(cluster: Cluster) -> None:
                 tf.train.ClusterSpec({"worker": list(cluster.workers)}),
                 task_type="worker", task_id=cluster.index, rpc_layer="grpc",
             )  # fmt: skip
-        _STRATEGY = tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
+        # Gradients travel packed, a few all-reduces per step instead of one per variable.
+        options = tf.distribute.experimental.CommunicationOptions(bytes_per_pack=PACK_BYTES)
+        _STRATEGY = tf.distribute.MultiWorkerMirroredStrategy(
+            cluster_resolver=resolver, communication_options=options
+        )
         _patch_keras_for_multi_worker()
     elif backend == "jax":
         from keras import distribution

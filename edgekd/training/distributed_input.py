@@ -9,24 +9,14 @@ read everything and keep a part) is not involved.
 
 from __future__ import annotations
 
+import itertools
+import threading
 from typing import Any
 
 import keras
 import numpy as np
 
 from edgekd.data import ImageBatches
-
-
-class EpochOf(keras.callbacks.Callback):
-    """Sets the batches' epoch at each epoch's start: `fit` sees a tf.data pipeline here, not
-    the `PyDataset` whose epoch Keras would advance itself."""
-
-    def __init__(self, batches: ImageBatches) -> None:
-        super().__init__()
-        self.batches = batches
-
-    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        self.batches.epoch = epoch
 
 
 def _split(batch: Any, parts: int) -> list[Any]:
@@ -44,10 +34,12 @@ def _split(batch: Any, parts: int) -> list[Any]:
 def for_fit(model: keras.Model, batches: ImageBatches) -> Any:
     """A distributed dataset of this worker's shares of `batches`, for `model.fit`.
 
-    It is one epoch long and is iterated anew every epoch, reading `batches.epoch` when it
-    starts (`EpochOf` sets it). The model is built from one local batch here, in place of
-    Keras' pre-fit build, which reduces a whole batch across workers and fails under
-    MultiWorkerMirroredStrategy.
+    It is one epoch long and is iterated anew every epoch. Keras makes the next epoch's
+    iterator as soon as an epoch's last step is done, before any callback could set the
+    epoch, so the epochs are counted here: the k-th iteration is epoch `batches.epoch + k`
+    (set `batches.epoch` to the first epoch `fit` runs). The model is built from one local
+    batch here, in place of Keras' pre-fit build, which reduces a whole batch across workers
+    and fails under MultiWorkerMirroredStrategy.
     """
     import tensorflow as tf
 
@@ -66,10 +58,14 @@ def for_fit(model: keras.Model, batches: ImageBatches) -> Any:
         example,
     )
     steps = len(batches)
+    epochs = itertools.count(batches.epoch)
+    lock = threading.Lock()
 
     def generate() -> Any:
+        with lock:
+            epoch = next(epochs)
         for index in range(steps):
-            yield from _split(batches[index], replicas)
+            yield from _split(batches.batch_of(epoch, index), replicas)
 
     def dataset(_context: Any) -> Any:
         data = tf.data.Dataset.from_generator(generate, output_signature=spec)

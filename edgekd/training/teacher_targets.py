@@ -158,9 +158,8 @@ class TargetBatches(ImageBatches):
             raise ValueError("TargetBatches needs labels")
         self.targets = targets
 
-    def __getitem__(self, index: int):
-        epoch = self.epoch
-        x, y = super().__getitem__(index)
+    def batch_of(self, epoch: int, index: int):
+        x, y = super().batch_of(epoch, index)
         start = index * self.batch_size + self._share(self.batch_size).start
         q = np.asarray(self.targets(epoch)[start : start + len(y)], np.float32)
         if len(q) != len(y):

@@ -335,7 +335,6 @@ def train_classifier(
             from edgekd.training import distributed_input
 
             fit_input = distributed_input.for_fit(model, train_batches)
-            all_callbacks.insert(0, distributed_input.EpochOf(train_batches))
     if initial_epoch < cfg.epochs:
         model.fit(
             fit_input,
