@@ -146,7 +146,8 @@ def train(
         from edgekd.training.supervisor import supervise
 
         code = supervise(
-            sys.argv[1:], resolved.train.worker_timeout_s, cluster.describe(),
+            [sys.executable, "-m", "edgekd", *sys.argv[1:]],
+            resolved.train.worker_timeout_s, cluster.describe(),
             log=lambda line: click.echo(line, err=True),
         )  # fmt: skip
         sys.exit(code)

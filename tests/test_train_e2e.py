@@ -314,12 +314,12 @@ def test_jax_backend_trains_without_tensorflow(tmp_path):
 @pytest.mark.e2e
 @pytest.mark.slow
 def test_mirrored_strategy_trains_and_saves(tmp_path):
-    """`train.strategy: mirrored` builds, fits and saves under tf.distribute (one CPU here)."""
+    """`train.distribution: mirrored` builds, fits and saves under tf.distribute (one CPU here)."""
     data = make_folder(tmp_path / "data", classes=3, per_class=20)
     run_dir = tmp_path / "run"
     proc = run_cli(
         "train", "smoke", "--run-dir", str(run_dir), "-q",
-        "--set", f"data.path=folder:{data}", "--set", "train.strategy=mirrored",
+        "--set", f"data.path=folder:{data}", "--set", "train.distribution=mirrored",
         "--set", "train.stages=[generalist]",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -6,6 +6,7 @@ its last checkpoint; a stage whose inputs changed (hashes chain downstream) star
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -67,7 +68,7 @@ def train(
     hashes: dict[str, str] = {}
     for stage in STAGES:
         hashes[stage.name] = stage.input_hash(recipe, data.fingerprint, hashes)
-    mirror = None if chief else Path(tempfile.mkdtemp(prefix=f"edgekd-worker{cluster.index}-"))
+    mirror = None if chief else mirror_path(run_path, cluster.index)
     try:
         if mirror is not None:
             mirror_run(run_path, mirror)
@@ -99,6 +100,13 @@ def train(
         if mirror is not None:
             shutil.rmtree(mirror, ignore_errors=True)
     return RunDir(run_path) if mirror is not None else run
+
+
+def mirror_path(run_path: Path, index: int) -> Path:
+    """Where worker `index` mirrors the chief's run: a local temporary folder named for the
+    run, so a killed worker's mirror is reused by its restart rather than left behind."""
+    key = hashlib.sha256(str(run_path.resolve()).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"edgekd-worker{index}-{key}"
 
 
 # The sections every worker must agree on before training (the stages check the rest).

@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -56,24 +55,20 @@ def _die_with_parent() -> None:
 
 
 def supervise(
-    args: Sequence[str],
+    command: Sequence[str],
     timeout_s: float,
     describe: str,
     log: Callable[[str], None] = print,
 ) -> int:
-    """Run `python -m edgekd <args>` as the training child until it ends for good; its status.
-
-    `describe` names the cluster in the timeout message.
-    """
+    """Run `command` (`edgekd train ...` again) as the training child until it ends for good;
+    its exit status. `describe` names this worker in the timeout message."""
     with tempfile.TemporaryDirectory(prefix="edgekd-supervisor-") as tmp:
         joined = Path(tmp) / "joined"
         env = {**os.environ, ENV_CHILD: "1", ENV_JOINED: str(joined)}
         restarts = 0
         while True:
             joined.unlink(missing_ok=True)
-            child = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-                [sys.executable, "-m", "edgekd", *args], env=env, preexec_fn=_die_with_parent
-            )
+            child = subprocess.Popen(list(command), env=env, preexec_fn=_die_with_parent)
             code = _wait(child, joined, timeout_s, describe)
             if code != PEER_LOST:
                 return code
