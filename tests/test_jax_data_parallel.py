@@ -1,4 +1,4 @@
-"""`train.strategy: mirrored` on JAX: DataParallel over the host's devices gives the
+"""`train.distribution: mirrored` on JAX: DataParallel over the host's devices gives the
 one-device update (2 CPU devices emulated with XLA_FLAGS)."""
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ SCRIPT = textwrap.dedent(
             devices = len(model.trainable_variables[0].value.sharding.device_set)
         return [np.asarray(w) for w in model.get_weights()], devices
 
-    one, one_devices = train("default")
+    one, one_devices = train("none")
     two, two_devices = train("mirrored")
     assert (one_devices, two_devices) == (1, 2), (one_devices, two_devices)
     worst = max(float(np.abs(a - b).max()) for a, b in zip(one, two, strict=True))

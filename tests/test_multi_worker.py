@@ -40,7 +40,7 @@ def free_ports(n: int) -> list[int]:
 
 
 def start_worker(
-    index: int, ports: list[int], run_dir: Path, log: Path, *overrides: str
+    index: int, ports: list[int], run_dir: Path, log: Path, *overrides: str, backend: str = ""
 ) -> subprocess.Popen:
     """`edgekd train smoke ... --workers ... --worker-index index`, in its own session."""
     workers = ",".join(f"localhost:{p}" for p in ports)
@@ -50,6 +50,8 @@ def start_worker(
         "--workers", workers, "--worker-index", str(index), *sets,
     ]  # fmt: skip
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TMPDIR": str(run_dir.parent)}
+    if backend:
+        env["KERAS_BACKEND"] = backend
     with open(log, "a") as out:
         return subprocess.Popen(
             cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
@@ -106,9 +108,12 @@ def test_smoke_recipe_runs_every_stage_under_multi_worker(tmp_path, cifar_jpeg):
     assert not list(tmp_path.glob("edgekd-worker1-*"))
 
 
-def test_one_epoch_on_two_workers_equals_one_process(tmp_path):
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_one_epoch_on_two_workers_equals_one_process(tmp_path, backend):
     """Same global batch, same data, same augmentation: two workers each taking half of every
-    batch (synchronized batch norm) leave the weights one process leaves."""
+    batch leave the weights one process leaves. TensorFlow: MultiWorkerMirroredStrategy over
+    gRPC with synchronized batch norm; JAX: DataParallel over both processes' devices after
+    jax.distributed.initialize (CPU collectives over gloo)."""
     data = make_folder(tmp_path / "data", classes=3, per_class=24)
     common = [
         f"data.path=folder:{data}", "train.stages=[generalist]", "generalist.epochs=1",
@@ -116,11 +121,15 @@ def test_one_epoch_on_two_workers_equals_one_process(tmp_path):
     ]  # fmt: skip
     single = tmp_path / "single"
     args = [a for o in common for a in ("--set", o)]
-    proc = run_cli("train", "smoke", "--run-dir", str(single), "-q", *args)
+    proc = run_cli(
+        "train", "smoke", "--run-dir", str(single), "-q", *args, env={"KERAS_BACKEND": backend}
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     ports, multi = free_ports(2), tmp_path / "multi"
     logs = [tmp_path / f"worker{i}.log" for i in range(2)]
-    finish([start_worker(i, ports, multi, logs[i], *common) for i in range(2)], logs, 300)
+    procs = [start_worker(i, ports, multi, logs[i], *common, backend=backend) for i in range(2)]
+    finish(procs, logs, 300)
+    assert f"backend {backend}" in logs[0].read_text()
     one, two = weights(single), weights(multi)
     assert len(one) == len(two)
     diff = max(float(np.max(np.abs(a - b))) for a, b in zip(one, two, strict=True))

@@ -114,7 +114,10 @@ def distribution_scope(distribution: str) -> contextlib.AbstractContextManager[A
     if backend == "jax":
         from keras import distribution as kd
 
-        return kd.DataParallel(devices=kd.list_devices()).scope()
+        # Each worker's batches are its own share already (`ImageBatches.shard`).
+        return kd.DataParallel(
+            devices=kd.list_devices(), auto_shard_dataset=distribution != "multi_worker"
+        ).scope()
     raise ValueError(
         f"train.distribution={distribution!r} needs the TensorFlow or JAX backend "
         f"(KERAS_BACKEND is {backend!r})"

@@ -70,7 +70,8 @@ def train(
         hashes[stage.name] = stage.input_hash(recipe, data.fingerprint, hashes)
     mirror = None if chief else mirror_path(run_path, cluster.index)
     try:
-        if mirror is not None:
+        if mirror is not None:  # a copy of the run as the chief found it
+            workers.barrier("the chief's pre-flight checks")
             mirror_run(run_path, mirror)
         run = RunDir(mirror if mirror is not None else run_path)
         wanted = set(recipe.train.stages)
@@ -88,6 +89,8 @@ def train(
                         f"stage {stage.name!r} needs {upstream!r}, which is neither listed nor "
                         f"finished with this recipe in {run_path}; add it to train.stages",
                     )
+        if multi and chief:
+            workers.barrier("the chief's pre-flight checks")
         from edgekd.training import accelerator
 
         accel = accelerator.resolve(

@@ -310,12 +310,14 @@ class RunDir:
         atomic.write_json(self.path / MANIFEST, self.manifest)
 
 
-MIRROR_SKIPS = (PREVIOUS, LOCK, OWNER, "tensorboard")
+# Hidden names: `.previous/`, the lock, its owner file and half-written temporary files.
+MIRROR_SKIPS = (".*", "tensorboard")
 
 
 def mirror_run(chief: Path, mirror: Path) -> None:
     """Make `mirror` a copy of the chief's run directory (its manifest, stages, checkpoints
-    and stored targets; not `.previous/`, locks or TensorBoard logs).
+    and stored targets; no hidden files, such as `.previous/`, locks and files being written,
+    and no TensorBoard logs).
 
     A multi_worker worker other than the chief trains in such a mirror, refreshed before each
     stage: it then takes the chief's decisions (skip, resume from which checkpoint, start

@@ -9,9 +9,10 @@ per-epoch shuffling and augmentation as an uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -335,16 +336,23 @@ def train_classifier(
             from edgekd.training import distributed_input
 
             fit_input = distributed_input.for_fit(model, train_batches)
+    # JAX distributes each batch when fit draws it: the distribution must be set then too.
+    fit_scope = (
+        distribution_scope(accel.distribution)
+        if accel.backend == "jax"
+        else contextlib.nullcontext()
+    )
     if initial_epoch < cfg.epochs:
-        model.fit(
-            fit_input,
-            validation_data=val_batches,
-            epochs=cfg.epochs,
-            initial_epoch=initial_epoch,
-            shuffle=False,  # ImageBatches shuffles per (seed, epoch); Keras' shuffle is unseeded
-            callbacks=all_callbacks,
-            verbose=verbose,
-        )
+        with fit_scope:
+            model.fit(
+                fit_input,
+                validation_data=val_batches,
+                epochs=cfg.epochs,
+                initial_epoch=initial_epoch,
+                shuffle=False,  # ImageBatches shuffles per (seed, epoch); Keras: unseeded
+                callbacks=all_callbacks,
+                verbose=verbose,
+            )
     net = getattr(model, "student", model)
     if accel.distribution != "none":
         sync_batchnorm(net, False)
@@ -369,9 +377,27 @@ def sync_batchnorm(model: keras.Model, on: bool) -> None:
 def detached(model: keras.Model) -> keras.Model:
     """A copy of `model` made outside any distribution strategy, with its weights: its
     predictions run in this process alone, never waiting on another worker."""
-    copy = keras.models.clone_model(model)
-    copy.set_weights(model.get_weights())
+    with local_only():
+        copy = keras.models.clone_model(model)
+        copy.set_weights(model.get_weights())
     return copy
+
+
+@contextlib.contextmanager
+def local_only() -> Iterator[None]:
+    """No JAX distribution for a block (fit sets one): arrays made and batches fed stay in
+    this process. TensorFlow's strategies belong to their models and need nothing here."""
+    if keras.backend.backend() != "jax":
+        yield
+        return
+    from keras import distribution as kd
+
+    previous = kd.distribution()
+    kd.set_distribution(None)
+    try:
+        yield
+    finally:
+        kd.set_distribution(previous)
 
 
 class LocalValidation(keras.callbacks.Callback):
@@ -386,7 +412,8 @@ class LocalValidation(keras.callbacks.Callback):
         if self.val is None or logs is None or self.val.labels is None:
             return
         net = detached(getattr(self.model, "student", self.model))
-        logits = predict_logits(net, self.val.images, batch_size=self.val.batch_size)
+        with local_only():
+            logits = predict_logits(net, self.val.images, batch_size=self.val.batch_size)
         probs = softmax(logits)
         labels = self.val.labels
         picked = np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)
