@@ -135,15 +135,22 @@ AUGMENTS = [
 
 
 @pytest.mark.parametrize("augment", AUGMENTS)
-@pytest.mark.parametrize("workers", [2, 4])
-def test_shares_of_a_batch_make_the_whole_batch(augment, workers):
-    """Rows, labels and augmentation of the workers' shares are those of the whole batch."""
+@pytest.mark.parametrize(("workers", "streamed"), [(2, False), (4, False), (2, True)])
+def test_shares_of_a_batch_make_the_whole_batch(tmp_path, augment, workers, streamed):
+    """Rows, labels and augmentation of the workers' shares are those of the whole batch,
+    from memory or streamed from the on-disk store."""
+    from edgekd.data.store import DiskImages, write_store
+
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (64, 16, 16, 3), dtype=np.uint8)
     labels = rng.integers(0, 5, 64)
     kw = dict(batch_size=16, shuffle=True, augment=augment, seed=3, drop_remainder=True)
     whole = ImageBatches(images, labels, **kw)
-    shares = [ImageBatches(images, labels, **kw) for _ in range(workers)]
+    source: np.ndarray | DiskImages = images
+    if streamed:
+        write_store(tmp_path / "train.npy", images.shape, [images])
+        source = DiskImages(tmp_path / "train.npy")
+    shares = [ImageBatches(source, labels, **kw) for _ in range(workers)]
     for i, share in enumerate(shares):
         share.shard(i, workers)
     for epoch in (0, 2):
@@ -276,3 +283,27 @@ def test_peer_loss_is_told_from_other_errors():
     except RuntimeError as outer:
         assert _peer_lost(outer)
     assert not _peer_lost(ValueError("bad"))
+
+
+# --- the launch guide ----------------------------------------------------------------------
+
+
+def test_the_launch_guides_templates_parse_and_use_real_flags():
+    import re
+
+    import yaml
+
+    from edgekd.cli import main
+
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "distributed.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", guide, re.S)
+    docs = [d for block in blocks for d in yaml.safe_load_all(block)]
+    job = next(d for d in docs if d["kind"] == "Job")
+    assert job["spec"]["completionMode"] == "Indexed"
+    assert "--worker-index" in " ".join(job["spec"]["template"]["spec"]["containers"][0]["args"])
+    train = next(c for c in main.commands["train"].params if c.name == "workers")
+    assert "--workers" in train.opts
+    for flag in set(re.findall(r"(?<![-\w])(--[a-z][a-z-]*)", guide)) - {"--set", "--requeue"}:
+        if flag.startswith(("--nodes", "--ntasks", "--gpus", "--time", "--job")):
+            continue  # Slurm's own
+        assert any(flag in p.opts for p in main.commands["train"].params), flag
