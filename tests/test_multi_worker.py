@@ -22,7 +22,7 @@ import pytest
 from tests.conftest import REPO, read_manifest, run_cli
 from tests.synthetic import make_folder
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = pytest.mark.e2e
 
 WEIGHT_TOLERANCE = 1e-4  # largest |w_2 workers - w_1 process| after one epoch (float32 sums)
 
@@ -82,6 +82,7 @@ def weights(run_dir: Path) -> list[np.ndarray]:
     return keras.models.load_model(path, compile=False).get_weights()
 
 
+@pytest.mark.slow
 def test_smoke_recipe_runs_every_stage_under_multi_worker(tmp_path, cifar_jpeg):
     """Two workers run generalist, groups, specialists, ensemble and student (distilled and
     control); only the chief writes the run."""
@@ -108,7 +109,14 @@ def test_smoke_recipe_runs_every_stage_under_multi_worker(tmp_path, cifar_jpeg):
     assert not list(tmp_path.glob("edgekd-worker1-*"))
 
 
-@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+@pytest.mark.parametrize(
+    "backend",
+    # JAX across processes: the same check once more, on the other engine (-m exhaustive).
+    [
+        pytest.param("tensorflow", marks=pytest.mark.slow),
+        pytest.param("jax", marks=pytest.mark.exhaustive),
+    ],
+)
 def test_one_epoch_on_two_workers_equals_one_process(tmp_path, backend):
     """Same global batch, same data, same augmentation: two workers each taking half of every
     batch leave the weights one process leaves. TensorFlow: MultiWorkerMirroredStrategy over
@@ -138,6 +146,7 @@ def test_one_epoch_on_two_workers_equals_one_process(tmp_path, backend):
     assert diff <= WEIGHT_TOLERANCE, f"max |difference| {diff:.3g} (weights up to {moved:.3g})"
 
 
+@pytest.mark.slow
 def test_a_killed_worker_restarted_with_the_same_command_resumes(tmp_path):
     """Kill worker 1 (its whole process group) mid-training; the chief's child notices, starts
     again and waits; worker 1 is started again with the same command; both resume from the
@@ -172,6 +181,7 @@ def test_a_killed_worker_restarted_with_the_same_command_resumes(tmp_path):
     assert read_manifest(run_dir)["stages"]["generalist"]["status"] == "done"
 
 
+@pytest.mark.slow
 def test_a_worker_that_never_joins_fails_the_job_after_the_timeout(tmp_path):
     """Only the chief is started: it fails with the timeout's message and exit code 3, and
     nothing is trained or recorded."""
