@@ -303,7 +303,8 @@ def test_the_launch_guides_templates_parse_and_use_real_flags():
     assert "--worker-index" in " ".join(job["spec"]["template"]["spec"]["containers"][0]["args"])
     train = next(c for c in main.commands["train"].params if c.name == "workers")
     assert "--workers" in train.opts
-    for flag in set(re.findall(r"(?<![-\w])(--[a-z][a-z-]*)", guide)) - {"--set", "--requeue"}:
+    code = "\n".join(re.findall(r"```(?:bash|yaml)\n(.*?)```", guide, re.S))
+    for flag in set(re.findall(r"(?<![-\w])(--[a-z][a-z-]*)", code)) - {"--set", "--requeue"}:
         if flag.startswith(("--nodes", "--ntasks", "--gpus", "--time", "--job")):
             continue  # Slurm's own
         assert any(flag in p.opts for p in main.commands["train"].params), flag
