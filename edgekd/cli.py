@@ -37,7 +37,8 @@ class _Group(click.Group):
         native.start()
         try:
             result = super().invoke(ctx)
-            _exit(0) if _supervised() else None
+            if _supervised():
+                _exit(0)
             return result
         except EdgekdError as exc:
             native.stop()

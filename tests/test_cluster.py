@@ -221,6 +221,15 @@ def test_the_mirror_copies_the_run_without_hidden_files_or_logs(tmp_path):
     assert found == [
         "generalist", "generalist/checkpoint", "generalist/checkpoint/state.json", "manifest.json",
     ]  # fmt: skip
+    # A refresh copies only what changed, and drops what the chief no longer has.
+    state = mirror / "generalist" / "checkpoint" / "state.json"
+    inode = state.stat().st_ino
+    (mirror / "generalist" / "worker-only.json").write_text("{}")
+    (chief / "manifest.json").write_text('{"changed": true}')
+    mirror_run(chief, mirror)
+    assert state.stat().st_ino == inode
+    assert (mirror / "manifest.json").read_text() == '{"changed": true}'
+    assert not (mirror / "generalist" / "worker-only.json").exists()
     mirror_run(tmp_path / "no run yet", mirror)
     assert not list(mirror.iterdir())
 

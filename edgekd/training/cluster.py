@@ -197,13 +197,13 @@ def barrier(what: str, value: str = "") -> None:
 
 
 def _patch_keras_for_multi_worker() -> None:
-    """Two gaps in Keras 3's TensorFlow trainer under MultiWorkerMirroredStrategy.
+    """A gap in Keras 3's TensorFlow trainer under MultiWorkerMirroredStrategy.
 
     Its `reduce_per_replica` averages each step's logs with `strategy.reduce(axis=0)`, which
-    fails on the scalar losses and metrics (`Invalid reduction dimension 0`); and its
-    pre-fit symbolic build reduces a whole input batch across workers, which fails as well
-    (`edgekd.training.trainer` builds the model from a local batch instead). Logs are
-    averaged over replicas here with axis=None, what the single-worker path computes.
+    fails on the scalar losses and metrics (`Invalid reduction dimension 0`). Logs are
+    averaged over replicas here with axis=None, what the single-worker path computes. (Its
+    pre-fit build fails as well; `edgekd.training.distributed_input` builds from a local
+    batch instead.)
     """
     from keras.src.backend.tensorflow import trainer as tf_trainer
 

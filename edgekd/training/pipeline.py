@@ -7,7 +7,6 @@ its last checkpoint; a stage whose inputs changed (hashes chain downstream) star
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import tempfile
 import time
@@ -55,7 +54,9 @@ def train(
         assert cluster is not None
         workers.connect(cluster)
         workers.barrier("joining", f"{__version__} {recipe.digest(*_SECTIONS)}")
-        _joined()
+        from edgekd.training.supervisor import report_joined
+
+        report_joined()
         log(f"edgekd: joined the cluster as {cluster.describe()}")
         if not chief:  # the chief prepares the data first: a shared cache is then built once
             workers.barrier("data prepared by the chief")
@@ -146,15 +147,6 @@ def _check_split(recipe: Recipe, replicas: int) -> None:
                 f"{batch} does not split over the cluster's {replicas} devices; the batch size is "
                 f"the global one, so make it a multiple of {replicas}",
             )
-
-
-def _joined() -> None:
-    """Tell a supervising `edgekd train` that this worker joined its cluster."""
-    from edgekd.training.supervisor import ENV_JOINED
-
-    path = os.environ.get(ENV_JOINED)
-    if path:
-        Path(path).touch()
 
 
 class _StageSync:

@@ -310,8 +310,8 @@ class RunDir:
         atomic.write_json(self.path / MANIFEST, self.manifest)
 
 
-# Hidden names: `.previous/`, the lock, its owner file and half-written temporary files.
-MIRROR_SKIPS = (".*", "tensorboard")
+# Besides hidden names (`.previous/`, the lock, its owner file, half-written temporary files).
+MIRROR_SKIPS = ("tensorboard",)
 
 
 def mirror_run(chief: Path, mirror: Path) -> None:
@@ -321,19 +321,44 @@ def mirror_run(chief: Path, mirror: Path) -> None:
 
     A multi_worker worker other than the chief trains in such a mirror, refreshed before each
     stage: it then takes the chief's decisions (skip, resume from which checkpoint, start
-    afresh) and reads the chief's upstream results, and never writes the shared run.
+    afresh) and reads the chief's upstream results, and never writes the shared run. Only
+    files whose size or modification time differ from the chief's are copied again, so a
+    refresh costs what changed since the last one, not the whole run.
     """
     mirror.mkdir(parents=True, exist_ok=True)
-    for child in mirror.iterdir():
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child)
-        else:
-            child.unlink()
+    kept: set[Path] = set()
     if chief.is_dir():
-        shutil.copytree(
-            chief, mirror, dirs_exist_ok=True, symlinks=True,
-            ignore=shutil.ignore_patterns(*MIRROR_SKIPS),
-        )  # fmt: skip
+        for folder, dirs, files in os.walk(chief):
+            dirs[:] = [d for d in dirs if not d.startswith(".") and d not in MIRROR_SKIPS]
+            rel = Path(folder).relative_to(chief)
+            (mirror / rel).mkdir(exist_ok=True)
+            kept.add(rel)
+            for name in files:
+                if name.startswith("."):
+                    continue
+                src, dst = Path(folder) / name, mirror / rel / name
+                kept.add(rel / name)
+                if not (dst.is_file() and _stamp(dst) == _stamp(src)):
+                    shutil.copy2(src, dst)  # keeps the chief's mtime for the next comparison
+    for folder, dirs, files in os.walk(mirror, topdown=False):
+        rel = Path(folder).relative_to(mirror)
+        for name in files:
+            if rel / name not in kept:
+                (Path(folder) / name).unlink()
+        for name in dirs:
+            path = Path(folder) / name
+            if rel / name in kept:
+                continue
+            if path.is_symlink():
+                path.unlink()
+            else:
+                shutil.rmtree(path)
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    """Size and modification time: what tells a mirrored file from a changed one."""
+    stat = path.stat()
+    return stat.st_size, stat.st_mtime_ns
 
 
 def _yaml(obj: Any) -> str:

@@ -44,6 +44,13 @@ def supervised() -> bool:
     return os.environ.get(ENV_CHILD) == "1"
 
 
+def report_joined() -> None:
+    """Tell the supervising `edgekd train`, if any, that this worker joined its cluster."""
+    path = os.environ.get(ENV_JOINED)
+    if path:
+        Path(path).touch()
+
+
 def _die_with_parent() -> None:
     """Linux: the child gets SIGKILL when the supervisor dies, killed or not."""
     try:
